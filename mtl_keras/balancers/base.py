@@ -1,0 +1,232 @@
+"""The two balancer contracts: `LossBalancer` and `GradientBalancer`.
+
+Every method reduces to "a weight per task". A balancer is a small
+`keras.layers.Layer` whose state (learned log-variances, EMAs, step counters,
+random seeds) lives in Keras weights, so it saves with `.keras`, checkpoints,
+and resumes with `keras.callbacks.BackupAndRestore`.
+
+A balancer never touches the model, the tape or the optimizer: the
+`MultiTaskModel` computes the (already task-weighted) task losses and, for
+gradient balancers, the Gramian, and asks the balancer for weights.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+# NOTE for everyone writing balancers: the public method is
+# `balance(task_losses[, gramian])`, NOT `weights(...)`: `weights` is the
+# Keras Layer property listing the layer's variables, and overriding it breaks
+# saving and `model.losses`. Subclasses implement `compute_weights(...)`.
+
+
+class Balancer(keras.layers.Layer):
+    """Common base of all balancers.
+
+    Subclasses create their state in `build_state(num_tasks)` and implement
+    the weight computation of their contract. A balancer is built lazily, the
+    first time it sees task losses, or explicitly by the model at compile time
+    through `build_for_tasks(task_names)`.
+
+    Attributes:
+        task_names: The task names, in the model's order, once known.
+    """
+
+    #: "loss" or "gradient": which contract the class implements.
+    kind: str = ""
+
+    def __init__(self, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.task_names: list[str] | None = None
+        self.num_tasks: int | None = None
+
+    def build_for_tasks(self, task_names) -> None:
+        """Binds the balancer to named tasks and creates its state."""
+        task_names = list(task_names)
+        if self.num_tasks is not None and self.num_tasks != len(task_names):
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_tasks} tasks "
+                f"but is now given {len(task_names)}: {task_names}. Use a new "
+                "balancer instance for a model with different tasks."
+            )
+        self.task_names = task_names
+        if not self.built:
+            self.num_tasks = len(task_names)
+            self.build_state(self.num_tasks)
+            self.built = True
+
+    def build(self, input_shape=None):
+        # Keras calls `build` with the shape of the first argument of `call`
+        # (the task losses, shape (K,)) and when restoring a saved model.
+        if not self.built and input_shape is not None:
+            num_tasks = int(input_shape[0])
+            self.build_for_tasks([f"task_{i}" for i in range(num_tasks)])
+        self.built = True
+
+    def build_state(self, num_tasks: int) -> None:
+        """Creates the balancer's weights. Default: stateless."""
+        del num_tasks
+
+    def _ensure_built(self, task_losses):
+        if not self.built:
+            num_tasks = int(task_losses.shape[0])
+            self.build_for_tasks([f"task_{i}" for i in range(num_tasks)])
+
+    def get_build_config(self):
+        if self.num_tasks is None:
+            return {}
+        return {"task_names": self.task_names}
+
+    def build_from_config(self, config):
+        if config.get("task_names"):
+            self.build_for_tasks(config["task_names"])
+
+    def get_config(self) -> dict:
+        # Balancers are configured by their constructor arguments only; the
+        # Layer's dtype/trainable settings are not part of their interface.
+        return {"name": self.name}
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class LossBalancer(Balancer):
+    """A method that weights the task losses before one backward pass.
+
+    Implement `compute_weights(task_losses) -> weights (K,)`; the weights may
+    depend differentiably on the balancer's trainable variables (uncertainty
+    weighting learns them through the total loss). `regularizer()` is added
+    to the total loss.
+
+    The model minimises the total from `combine(task_losses)`, by default
+    `sum(weights * task_losses) + regularizer()`. A method whose objective is
+    not a weighted sum (geometric mean, sum of logs) overrides `combine` and
+    reports the weights that give the same gradient, which is what logs and
+    TensorBoard show.
+
+    Example:
+
+    ```python
+    balancer = mtl_keras.balancers.UncertaintyWeighting()
+    total = balancer.total_loss(keras.ops.convert_to_tensor([0.7, 2.1]))
+    ```
+    """
+
+    kind = "loss"
+
+    #: Whether the model must call `update_after_step(losses_before,
+    #: losses_after)` with the losses recomputed on the same batch after the
+    #: optimizer step (FAMO).
+    needs_post_step_losses: bool = False
+
+    def balance(self, task_losses):
+        """Returns the task weights, shape (K,), for the given task losses."""
+        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
+        self._ensure_built(task_losses)
+        return ops.cast(self.compute_weights(task_losses), "float32")
+
+    def compute_weights(self, task_losses):
+        raise NotImplementedError
+
+    def regularizer(self):
+        """A term added to the total loss. Default: 0."""
+        return ops.zeros((), dtype="float32")
+
+    def combine(self, task_losses):
+        """Returns `(total, weights)`: the scalar the model minimises and the
+        task weights behind it, computed once (RLW draws them at random)."""
+        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
+        weights = self.balance(task_losses)
+        return ops.sum(weights * task_losses) + self.regularizer(), weights
+
+    def total_loss(self, task_losses):
+        """The scalar the model minimises for these task losses."""
+        return self.combine(task_losses)[0]
+
+    def update_after_step(self, losses_before, losses_after) -> None:
+        """Hook for methods that learn from the step's effect (FAMO)."""
+        del losses_before, losses_after
+
+    def call(self, task_losses):
+        return self.balance(task_losses)
+
+
+class GradientBalancer(Balancer):
+    """A method that weights tasks from their gradients.
+
+    Implement `compute_weights(task_losses, gramian) -> weights (K,)` where
+    `gramian = J Jᵀ` (K×K) and the rows of J are the task gradients over the
+    shared variables (`mode="params"`) or over the shared representation
+    (`mode="rep"`, MGDA-UB style). The model applies `wᵀJ` to the shared
+    variables and the gradient of `sum(w * task_losses)` to the task heads.
+    Weights are treated as constants (no gradient flows through them).
+
+    A method that truly needs J itself (GradDrop, DB-MTL's gradient EMA) sets
+    `needs_jacobian = True` and implements
+    `compute_direction(task_losses, jacobian) -> (update (P,), weights (K,))`
+    instead: `update` replaces `wᵀJ` on the shared part, `weights` still
+    weight the heads' losses.
+
+    `balance(task_losses, gramian)` is callable eagerly on plain arrays, so a
+    method can be tested and compared with other libraries outside a model.
+
+    Args:
+        mode: "params" (gradients over the shared variables) or "rep"
+            (gradients over the shared representation tensor, one extra
+            backward pass instead of K over the trunk).
+    """
+
+    kind = "gradient"
+    needs_jacobian: bool = False
+
+    def __init__(self, mode: str = "params", name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        if mode not in ("params", "rep"):
+            raise ValueError(
+                f"{type(self).__name__}: mode must be 'params' or 'rep', got "
+                f"{mode!r}."
+            )
+        self.mode = mode
+
+    def build_for_jacobian(self, num_params: int) -> None:
+        """Called by the model with P when `needs_jacobian` is set."""
+        del num_params
+
+    def balance(self, task_losses, gramian):
+        """Returns the task weights, shape (K,), from losses and Gramian."""
+        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
+        gramian = ops.convert_to_tensor(gramian, dtype="float32")
+        self._ensure_built(task_losses)
+        return ops.cast(self.compute_weights(task_losses, gramian), "float32")
+
+    def compute_weights(self, task_losses, gramian):
+        raise NotImplementedError
+
+    def direction(self, task_losses, jacobian):
+        """For `needs_jacobian` methods: the shared update and head weights."""
+        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
+        jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
+        self._ensure_built(task_losses)
+        update, weights = self.compute_direction(task_losses, jacobian)
+        return ops.cast(update, "float32"), ops.cast(weights, "float32")
+
+    def compute_direction(self, task_losses, jacobian):
+        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
+        weights = self.compute_weights(task_losses, gramian)
+        return ops.matmul(weights[None, :], jacobian)[0], weights
+
+    def update_direction(self, task_losses, jacobian):
+        """The full update `wᵀJ` from an explicit Jacobian (for tests)."""
+        if self.needs_jacobian:
+            return self.direction(task_losses, jacobian)[0]
+        jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
+        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
+        weights = self.balance(task_losses, gramian)
+        return ops.matmul(weights[None, :], jacobian)[0]
+
+    def call(self, task_losses, gramian):
+        return self.balance(task_losses, gramian)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}

@@ -1,0 +1,451 @@
+"""`MultiTaskModel`: a functional Keras model with named task heads."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from mtl_keras import balancers as balancers_lib
+from mtl_keras import gradients
+from mtl_keras.balancers.base import GradientBalancer, LossBalancer
+from mtl_keras.task_losses import check_label_shape, masked_task_loss, to_loss
+from mtl_keras.task_weights import TaskWeights
+
+
+@keras.saving.register_keras_serializable(package="mtl_keras")
+class MultiTaskModel(keras.Model):
+    """A functional `keras.Model` whose outputs are named tasks.
+
+    Build it like a functional model, with a dict of task outputs and the
+    shared representation tensor; compile it like a multi-output model, plus
+    an optional `balancer`. Without a balancer it trains exactly like
+    `keras.Model` with the same `loss_weights`, except that it also handles
+    missing labels (see `mtl_keras.task_losses`) and logs `<task>_loss`
+    (unweighted) and `<task>_weight` (the weight applied to it) every epoch.
+
+    The model owns the task weights (`model.task_weights`, initialised from
+    `loss_weights`): static weights, epoch-level callbacks and balancers
+    compose, since the task weights scale each loss before a balancer sees
+    it. Gradient balancers also log `grad_norm_<task>` and
+    `grad_cos_<a>_<b>`, read from the Gramian of the task gradients.
+
+    Args:
+        inputs: The model inputs, as for `keras.Model`.
+        outputs: A dict `{task_name: output_tensor}`.
+        shared: The shared representation tensor. Its upstream variables are
+            the shared parameters whose per-task gradients a gradient
+            balancer weighs, and `mode="rep"` balancers differentiate with
+            respect to it. When omitted, the shared parameters are the
+            variables that feed more than one task.
+        name: The model name.
+
+    Example:
+
+    ```python
+    inputs = keras.Input((32, 32, 3), name="image")
+    features = trunk(inputs)
+    model = mtl_keras.MultiTaskModel(
+        inputs, {"cls": cls_head(features), "seg": seg_head(features)},
+        shared=features)
+    model.compile(optimizer="adam",
+                  loss={"cls": "sparse_categorical_crossentropy",
+                        "seg": "sparse_categorical_crossentropy"},
+                  loss_weights={"cls": 1.0, "seg": 0.5},
+                  balancer="pcgrad")
+    model.fit(train_ds, epochs=5)
+    ```
+    """
+
+    def __init__(self, inputs, outputs, shared=None, name=None, **kwargs):
+        if not isinstance(outputs, dict) or not outputs:
+            raise ValueError(
+                "MultiTaskModel needs `outputs` as a dict {task_name: tensor}, "
+                f"got {type(outputs).__name__}."
+            )
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        # Keras flattens dict outputs in sorted key order; so do we.
+        self.task_names = sorted(outputs)
+        self.task_weights = TaskWeights(self.task_names)
+        self.balancer = None
+        self._shared_tensor = shared
+        # Untracked helpers: views over the same layers, not saved twice.
+        object.__setattr__(self, "_shared_variable_list", None)
+        object.__setattr__(self, "_rep_model", None)
+        object.__setattr__(self, "_step_outputs", {})
+        self._jacobian_method = "loop"
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def shared_variables(self) -> list:
+        """The trainable variables shared by the tasks."""
+        if self._shared_variable_list is None:
+            object.__setattr__(self, "_shared_variable_list", self._find_shared())
+        return self._shared_variable_list
+
+    def _find_shared(self) -> list:
+        if self._shared_tensor is not None:
+            trunk = keras.Model(self.inputs, self._shared_tensor)
+            return list(trunk.trainable_variables)
+        per_task = [
+            {id(v) for v in keras.Model(self.inputs, self.outputs[i]).trainable_variables}
+            for i in range(self.num_tasks)
+        ]
+        counts: dict[int, int] = {}
+        for ids in per_task:
+            for key in ids:
+                counts[key] = counts.get(key, 0) + 1
+        return [v for v in self.trainable_variables if counts.get(id(v), 0) > 1]
+
+    @property
+    def head_variables(self) -> list:
+        """The trainable variables that are not shared (heads, balancer)."""
+        shared_ids = {id(v) for v in self.shared_variables}
+        return [v for v in self.trainable_variables if id(v) not in shared_ids]
+
+    def _representation_model(self):
+        if self._shared_tensor is None:
+            raise ValueError(
+                f"{type(self.balancer).__name__}(mode='rep') differentiates "
+                "with respect to the shared representation: build the "
+                "MultiTaskModel with `shared=<the trunk's output tensor>`."
+            )
+        if self._rep_model is None:
+            outputs = {t: self.outputs[i] for i, t in enumerate(self.task_names)}
+            model = keras.Model(self.inputs, [outputs, self._shared_tensor])
+            object.__setattr__(self, "_rep_model", model)
+        return self._rep_model
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        balancer=None,
+        jacobian: str = "loop",
+        **kwargs,
+    ):
+        """Configures the model for training.
+
+        Args:
+            optimizer: As for `keras.Model.compile`.
+            loss: A dict `{task: loss}` (string, `keras.losses.Loss` or
+                function), or one loss for every task.
+            loss_weights: A dict `{task: float}` of static task weights
+                (default 1 each). They initialise `model.task_weights`.
+            metrics: A dict `{task: [metrics]}`, as for `keras.Model`.
+            balancer: A balancer instance, a registered name (see
+                `mtl_keras.balancers.available()`), a config dict, or `None`.
+            jacobian: How a gradient balancer gets the per-task gradients:
+                `"loop"` (K `GradientTape.gradient` calls on a persistent
+                tape, the default, faster in our measurements) or `"pfor"`
+                (`tape.jacobian` vectorised with pfor).
+            **kwargs: Passed to `keras.Model.compile` (`jit_compile`,
+                `steps_per_execution`, `weighted_metrics`, ...).
+        """
+        self.task_losses = self._normalise_losses(loss)
+        self.task_weights.assign(self._normalise_loss_weights(loss_weights))
+        self._check_task_keys("metrics", metrics)
+        if jacobian not in ("loop", "pfor"):
+            raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+        self._jacobian_method = jacobian
+        self.balancer = balancers_lib.get(balancer)
+        if self.balancer is not None:
+            self.balancer.build_for_tasks(self.task_names)
+            self._check_balancer()
+        self._create_trackers()
+        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+        self._mtl_compile_args = {
+            "loss": {t: keras.saving.serialize_keras_object(fn)
+                     for t, fn in self.task_losses.items()},
+            "loss_weights": self.task_weights.as_dict(),
+            "balancer": (keras.saving.serialize_keras_object(self.balancer)
+                         if self.balancer is not None else None),
+            "jacobian": jacobian,
+        }
+
+    def _check_task_keys(self, what: str, value) -> None:
+        if not isinstance(value, dict):
+            return
+        missing = sorted(set(self.task_names) - set(value))
+        unknown = sorted(set(value) - set(self.task_names))
+        if unknown or (missing and what == "loss"):
+            raise ValueError(
+                f"`{what}` names tasks {sorted(value)} but the model's outputs "
+                f"are {self.task_names}: unknown {unknown}, missing {missing}. "
+                f"Use the output names as the keys of `{what}`."
+            )
+
+    def _normalise_losses(self, loss) -> dict:
+        if loss is None:
+            raise ValueError(
+                "MultiTaskModel.compile needs `loss`: a dict {task: loss} for "
+                f"the tasks {self.task_names}, or one loss for all of them."
+            )
+        if isinstance(loss, dict):
+            self._check_task_keys("loss", loss)
+            return {t: to_loss(loss[t], t) for t in self.task_names}
+        if isinstance(loss, (list, tuple)):
+            raise ValueError(
+                "Give `loss` as a dict {task: loss} (tasks: "
+                f"{self.task_names}), not a {type(loss).__name__}."
+            )
+        return {t: to_loss(loss, t) for t in self.task_names}
+
+    def _normalise_loss_weights(self, loss_weights) -> list[float]:
+        if loss_weights is None:
+            return [1.0] * self.num_tasks
+        if not isinstance(loss_weights, dict):
+            raise ValueError(
+                "Give `loss_weights` as a dict {task: weight} (tasks: "
+                f"{self.task_names}), not a {type(loss_weights).__name__}."
+            )
+        self._check_task_keys("loss_weights", loss_weights)
+        return [float(loss_weights.get(t, 1.0)) for t in self.task_names]
+
+    def _check_balancer(self) -> None:
+        if isinstance(self.balancer, GradientBalancer):
+            if self.balancer.mode == "rep":
+                self._representation_model()
+            elif not self.shared_variables:
+                raise ValueError(
+                    f"{type(self.balancer).__name__} weighs the task gradients "
+                    "over the shared variables, but no trainable variable "
+                    "feeds more than one task. Pass `shared=` to "
+                    "MultiTaskModel, or use a loss balancer."
+                )
+            if self.balancer.needs_jacobian and self.balancer.mode == "params":
+                size = sum(int(np.prod(v.shape)) for v in self.shared_variables)
+                self.balancer.build_for_jacobian(size)
+
+    def _create_trackers(self) -> None:
+        mean = keras.metrics.Mean
+        self._task_loss_trackers = [mean(name=f"{t}_loss") for t in self.task_names]
+        self._task_weight_trackers = [mean(name=f"{t}_weight") for t in self.task_names]
+        self._diagnostic_trackers = []
+        if isinstance(self.balancer, GradientBalancer):
+            names = gradients.diagnostic_names(self.task_names)
+            self._diagnostic_trackers = [mean(name=n) for n in names]
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config and hasattr(self, "_mtl_compile_args"):
+            config = {**config, **self._mtl_compile_args}
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # ------------------------------------------------------------ the losses
+
+    def compute_task_losses(self, y, y_pred, sample_weight=None):
+        """The unweighted per-task losses, a float32 tensor of shape (K,).
+
+        Args:
+            y: A dict `{task: labels}` (missing labels marked by -1 / NaN).
+            y_pred: The model outputs, a dict `{task: output}`.
+            sample_weight: `None`, one array for every task, or a dict
+                `{task: per-sample weights}`.
+        """
+        if not isinstance(y, dict):
+            raise ValueError(
+                "Labels must be a dict {task: labels} with the tasks "
+                f"{self.task_names}; got {type(y).__name__}."
+            )
+        self._check_task_keys("labels", y)
+        missing = sorted(set(self.task_names) - set(y))
+        if missing:
+            raise ValueError(
+                f"The labels have no entry for task(s) {missing}. Give every task "
+                "a label; mark an unlabelled sample with -1 (class labels) or NaN "
+                "(float labels), or with sample weight 0."
+            )
+        losses = []
+        for task in self.task_names:
+            loss_fn = self.task_losses[task]
+            check_label_shape(task, loss_fn, y[task], y_pred[task])
+            weight = sample_weight
+            if isinstance(sample_weight, dict):
+                weight = sample_weight.get(task)
+            losses.append(masked_task_loss(loss_fn, y[task], y_pred[task], weight))
+        return ops.stack(losses)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        task_losses = self.compute_task_losses(y, y_pred, sample_weight)
+        weighted = self.task_weights(task_losses)
+        if isinstance(self.balancer, LossBalancer):
+            total, balance = self.balancer.combine(weighted)
+        else:
+            total, balance = ops.sum(weighted), ops.ones_like(weighted)
+        self._step_outputs["weighted_task_losses"] = weighted
+        self._update_task_trackers(task_losses, balance)
+        total = total + self._regularization_loss()
+        return gradients.scale_for_distribution(total)
+
+    def _regularization_loss(self):
+        if not self.losses:
+            return ops.zeros((), "float32")
+        return ops.sum([ops.cast(ops.sum(loss), "float32") for loss in self.losses])
+
+    def _update_task_trackers(self, task_losses, balance) -> None:
+        effective = ops.cast(self.task_weights.values, "float32") * balance
+        for i in range(self.num_tasks):
+            self._task_loss_trackers[i].update_state(task_losses[i])
+            self._task_weight_trackers[i].update_state(effective[i])
+
+    # ------------------------------------------------------------ training
+
+    def train_step(self, data):
+        if isinstance(self.balancer, GradientBalancer):
+            return self._gradient_train_step(data)
+        logs = super().train_step(data)
+        if getattr(self.balancer, "needs_post_step_losses", False):
+            self._post_step_update(data)
+        return logs
+
+    def _post_step_update(self, data) -> None:
+        """FAMO-style: the same batch's losses after the optimizer step."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        losses_before = self._step_outputs["weighted_task_losses"]
+        y_pred = self(x, training=False)
+        losses_after = self.task_weights(
+            self.compute_task_losses(y, y_pred, sample_weight)
+        )
+        self.balancer.update_after_step(
+            ops.stop_gradient(losses_before), ops.stop_gradient(losses_after)
+        )
+
+    def _gradient_train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        rep_mode = self.balancer.mode == "rep"
+        with tf.GradientTape(persistent=True) as tape:
+            if rep_mode:
+                y_pred, representation = self._representation_model()(x, training=True)
+            else:
+                y_pred = self(x, training=True)
+            task_losses = self.compute_task_losses(y, y_pred, sample_weight)
+            weighted = gradients.scale_for_distribution(self.task_weights(task_losses))
+            regularization = gradients.scale_for_distribution(
+                self._regularization_loss()
+            )
+            scaled = self.optimizer.scale_loss(weighted)
+        loss_scale = self.optimizer.scale_loss(ops.ones((), "float32"))
+        targets = [representation] if rep_mode else self.shared_variables
+        jacobian = gradients.task_jacobian(tape, scaled, targets, self._jacobian_method)
+        jacobian = gradients.all_reduce_sum(jacobian)
+        global_losses = gradients.all_reduce_sum(weighted)
+        unscaled = ops.cast(jacobian, "float32") / ops.cast(loss_scale, "float32")
+        gramian = ops.matmul(unscaled, ops.transpose(unscaled))
+        if self.balancer.needs_jacobian:
+            update, balance = self.balancer.direction(global_losses, unscaled)
+            update = update * ops.cast(loss_scale, "float32")
+        else:
+            balance = self.balancer.balance(global_losses, gramian)
+            update = None
+        balance = ops.stop_gradient(balance)
+        grads = self._balanced_gradients(
+            tape, scaled, regularization, balance, jacobian, update, targets
+        )
+        del tape
+        trainable = self.trainable_variables
+        self.optimizer.apply(grads, trainable)
+
+        total = ops.sum(balance * weighted) + regularization
+        self._loss_tracker.update_state(
+            gradients.unscale_for_distribution(total),
+            sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
+        )
+        self._update_task_trackers(task_losses, balance)
+        for tracker, value in zip(
+            self._diagnostic_trackers, gradients.diagnostics(gramian)
+        ):
+            tracker.update_state(value)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _balanced_gradients(self, tape, scaled, regularization, balance,
+                            jacobian, update, targets):
+        """Gradients for every trainable variable, in `trainable_variables` order.
+
+        Shared part: `wᵀJ` (or the balancer's own update) in params mode; in
+        rep mode the representation gradient is pulled back through the
+        trunk. Heads: the gradient of `Σ w_k L_k`.
+        """
+        num_replicas = gradients.num_replicas()
+        if update is None:
+            update = ops.matmul(ops.cast(balance, jacobian.dtype)[None, :], jacobian)[0]
+        # J was summed over replicas and optimizer.apply sums again.
+        update = update / num_replicas
+        if self.balancer.mode == "rep":
+            representation = targets[0]
+            upstream = ops.reshape(ops.cast(update, representation.dtype),
+                                   ops.shape(representation))
+            shared_grads = tape.gradient(representation, self.shared_variables,
+                                         output_gradients=upstream)
+        else:
+            shared_grads = gradients.unflatten(update, self.shared_variables)
+        # The heads get the gradient of Σ w_k L_k, the weights held constant.
+        head_grads = tape.gradient(
+            scaled, self.head_variables,
+            output_gradients=ops.cast(balance, scaled.dtype),
+        )
+        if self.losses:
+            shared_grads = gradients.add_gradients(
+                shared_grads, tape.gradient(regularization, self.shared_variables))
+            head_grads = gradients.add_gradients(
+                head_grads, tape.gradient(regularization, self.head_variables))
+        by_id = {}
+        for variable, grad in zip(self.shared_variables, shared_grads):
+            by_id[id(variable)] = grad
+        for variable, grad in zip(self.head_variables, head_grads):
+            by_id[id(variable)] = grad
+        return [
+            by_id[id(v)] if by_id[id(v)] is not None else ops.zeros_like(v)
+            for v in self.trainable_variables
+        ]
+
+    # ------------------------------------------------------------ utilities
+
+    def get_task_weights(self) -> dict[str, float]:
+        """The current task weights, `{task: weight}`."""
+        return self.task_weights.as_dict()
+
+    def set_task_weights(self, weights) -> None:
+        """Assigns task weights from `{task: weight}` (others unchanged)."""
+        self.task_weights.assign(weights)
+
+    def serving_model(self, name: str | None = None) -> keras.Model:
+        """A plain functional model over the same layers, for inference.
+
+        It has the same inputs and task outputs and none of the training
+        state (task weights, balancer, optimizer).
+        """
+        return keras.Model(self.input, self.output, name=name or f"{self.name}_serving")
+
+    def get_config(self):
+        config = super().get_config()
+        if self._shared_tensor is not None:
+            layer, node_index, tensor_index = self._shared_tensor._keras_history
+            config["shared"] = [layer.name, node_index, tensor_index]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        shared = config.pop("shared", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        if shared is not None:
+            layer_name, node_index, tensor_index = shared
+            node = model.get_layer(layer_name)._inbound_nodes[node_index]
+            model._shared_tensor = keras.tree.flatten(node.output_tensors)[tensor_index]
+        return model

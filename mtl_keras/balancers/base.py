@@ -82,6 +82,26 @@ class Balancer(keras.layers.Layer):
         if config.get("task_names"):
             self.build_for_tasks(config["task_names"])
 
+    def _state_variables(self) -> list:
+        # Keras layers save only their own weights; a balancer's random
+        # streams (RLW, PCGrad's order, GradDrop) must resume too.
+        seed_states = [generator.state for generator in self._seed_generators]
+        return self._trainable_variables + self._non_trainable_variables + seed_states
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._state_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store):
+        variables = self._state_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' expects {len(variables)} "
+                f"saved variables, the file holds {len(store.keys())}."
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
+
     def get_config(self) -> dict:
         # Balancers are configured by their constructor arguments only; the
         # Layer's dtype/trainable settings are not part of their interface.

@@ -7,6 +7,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+# Functional internals, used only to record the shared tensor the way Keras
+# records a functional model's outputs in its config.
+from keras.src.models.functional import Functional, make_node_key
+
 from mtl_keras import balancers as balancers_lib
 from mtl_keras import gradients
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
@@ -58,7 +62,10 @@ class MultiTaskModel(keras.Model):
     ```
     """
 
-    def __init__(self, inputs, outputs, shared=None, name=None, **kwargs):
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        # `shared` is a keyword argument so that the constructor keeps the
+        # functional signature Keras needs to save and revive the graph.
+        shared = kwargs.pop("shared", None)
         if not isinstance(outputs, dict) or not outputs:
             raise ValueError(
                 "MultiTaskModel needs `outputs` as a dict {task_name: tensor}, "
@@ -69,11 +76,12 @@ class MultiTaskModel(keras.Model):
         self.task_names = sorted(outputs)
         self.task_weights = TaskWeights(self.task_names)
         self.balancer = None
+        if isinstance(shared, (list, tuple)):
+            shared = self._tensor_from_spec(*shared)
         self._shared_tensor = shared
         # Untracked helpers: views over the same layers, not saved twice.
         object.__setattr__(self, "_shared_variable_list", None)
         object.__setattr__(self, "_rep_model", None)
-        object.__setattr__(self, "_step_outputs", {})
         self._jacobian_method = "loop"
 
     # ------------------------------------------------------------------ setup
@@ -229,6 +237,7 @@ class MultiTaskModel(keras.Model):
         mean = keras.metrics.Mean
         self._task_loss_trackers = [mean(name=f"{t}_loss") for t in self.task_names]
         self._task_weight_trackers = [mean(name=f"{t}_weight") for t in self.task_names]
+        self._skipped_steps = keras.metrics.Sum(name="skipped_steps")
         self._diagnostic_trackers = []
         if isinstance(self.balancer, GradientBalancer):
             names = gradients.diagnostic_names(self.task_names)
@@ -282,52 +291,109 @@ class MultiTaskModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
+        """The balanced total loss (used by `evaluate`; `fit` uses
+        `train_step`). Also updates the per-task loss and weight logs."""
         task_losses = self.compute_task_losses(y, y_pred, sample_weight)
-        weighted = self.task_weights(task_losses)
-        if isinstance(self.balancer, LossBalancer):
-            total, balance = self.balancer.combine(weighted)
-        else:
-            total, balance = ops.sum(weighted), ops.ones_like(weighted)
-        self._step_outputs["weighted_task_losses"] = weighted
+        total, balance = self._balanced_total(self.task_weights(task_losses))
         self._update_task_trackers(task_losses, balance)
-        total = total + self._regularization_loss()
-        return gradients.scale_for_distribution(total)
+        return gradients.scale_for_distribution(total + self._regularization_loss())
+
+    def _balanced_total(self, weighted_losses):
+        """`(total, balance)` for the task-weighted losses and the balancer."""
+        if isinstance(self.balancer, LossBalancer):
+            return self.balancer.combine(weighted_losses)
+        return ops.sum(weighted_losses), ops.ones_like(weighted_losses)
 
     def _regularization_loss(self):
         if not self.losses:
             return ops.zeros((), "float32")
         return ops.sum([ops.cast(ops.sum(loss), "float32") for loss in self.losses])
 
-    def _update_task_trackers(self, task_losses, balance) -> None:
+    def _update_task_trackers(self, task_losses, balance, counted=True) -> None:
         effective = ops.cast(self.task_weights.values, "float32") * balance
+        count = ops.cast(counted, "float32")
         for i in range(self.num_tasks):
-            self._task_loss_trackers[i].update_state(task_losses[i])
-            self._task_weight_trackers[i].update_state(effective[i])
+            # A skipped step (counted=False) leaves the epoch means untouched.
+            loss = ops.where(counted, task_losses[i], 0.0)
+            self._task_loss_trackers[i].update_state(loss, sample_weight=count)
+            self._task_weight_trackers[i].update_state(
+                ops.where(counted, effective[i], 0.0), sample_weight=count)
 
     # ------------------------------------------------------------ training
 
     def train_step(self, data):
-        if isinstance(self.balancer, GradientBalancer):
-            return self._gradient_train_step(data)
-        logs = super().train_step(data)
-        if getattr(self.balancer, "needs_post_step_losses", False):
-            self._post_step_update(data)
-        return logs
+        """One step: a loss-balanced backward pass, or the gradient engine.
 
-    def _post_step_update(self, data) -> None:
-        """FAMO-style: the same batch's losses after the optimizer step."""
+        A step whose task losses are not all finite is skipped (no weight,
+        optimizer or balancer update) and counted in `skipped_steps`;
+        `model.nonfinite_tasks` flags the tasks of the last such step and
+        `mtl_keras.callbacks.TerminateOnNonFiniteLoss` stops training with
+        the tasks named.
+        """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        losses_before = self._step_outputs["weighted_task_losses"]
+        if isinstance(self.balancer, GradientBalancer):
+            return self._gradient_train_step(x, y, sample_weight)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            task_losses = self.compute_task_losses(y, y_pred, sample_weight)
+            weighted = self.task_weights(task_losses)
+            total, balance = self._balanced_total(weighted)
+            loss = gradients.scale_for_distribution(total + self._regularization_loss())
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, self.trainable_variables)
+        finite = self._check_finite(task_losses)
+        self._apply_if(finite, grads)
+        self._track_step(x, loss, task_losses, balance, finite)
+        if getattr(self.balancer, "needs_post_step_losses", False):
+            self._post_step_update(x, y, sample_weight, weighted, finite)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _check_finite(self, task_losses):
+        """All-reduced flag: every task loss is finite on every replica."""
+        flags = ops.cast(ops.isfinite(task_losses), "float32")
+        flags = gradients.all_reduce_sum(flags) / gradients.num_replicas()
+        finite_tasks = ops.equal(flags, 1.0)
+        finite = ops.all(finite_tasks)
+        flags = self.task_weights.nonfinite_tasks
+        flags.assign(ops.where(finite, flags, 1.0 - ops.cast(finite_tasks, flags.dtype)))
+        return finite
+
+    def _apply_if(self, finite, grads) -> None:
+        trainable = self.trainable_variables
+        if gradients.num_replicas() > 1:
+            # optimizer.apply merges replicas, which cannot happen inside a
+            # cond: zero the update instead (moments still decay one step).
+            grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
+                     for g in grads]
+            self.optimizer.apply(grads, trainable)
+            return
+        ops.cond(finite, lambda: self.optimizer.apply(grads, trainable), lambda: None)
+
+    def _track_step(self, x, loss, task_losses, balance, finite) -> None:
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(
+            ops.where(finite, gradients.unscale_for_distribution(loss), 0.0),
+            sample_weight=ops.where(finite, batch_size, 0),
+        )
+        self._skipped_steps.update_state(1.0 - ops.cast(finite, "float32"))
+        self._update_task_trackers(task_losses, balance, counted=finite)
+
+    def _post_step_update(self, x, y, sample_weight, losses_before, finite) -> None:
+        """FAMO-style: the same batch's losses after the optimizer step."""
         y_pred = self(x, training=False)
         losses_after = self.task_weights(
-            self.compute_task_losses(y, y_pred, sample_weight)
-        )
-        self.balancer.update_after_step(
-            ops.stop_gradient(losses_before), ops.stop_gradient(losses_after)
+            self.compute_task_losses(y, y_pred, sample_weight))
+        losses_before = gradients.all_reduce_sum(
+            gradients.scale_for_distribution(ops.stop_gradient(losses_before)))
+        losses_after = gradients.all_reduce_sum(
+            gradients.scale_for_distribution(ops.stop_gradient(losses_after)))
+        ops.cond(
+            ops.logical_and(finite, ops.all(ops.isfinite(losses_after))),
+            lambda: self.balancer.update_after_step(losses_before, losses_after),
+            lambda: None,
         )
 
-    def _gradient_train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def _gradient_train_step(self, x, y, sample_weight):
         rep_mode = self.balancer.mode == "rep"
         with tf.GradientTape(persistent=True) as tape:
             if rep_mode:
@@ -337,55 +403,57 @@ class MultiTaskModel(keras.Model):
             task_losses = self.compute_task_losses(y, y_pred, sample_weight)
             weighted = gradients.scale_for_distribution(self.task_weights(task_losses))
             regularization = gradients.scale_for_distribution(
-                self._regularization_loss()
-            )
+                self._regularization_loss())
             scaled = self.optimizer.scale_loss(weighted)
-        loss_scale = self.optimizer.scale_loss(ops.ones((), "float32"))
+        loss_scale = ops.cast(self.optimizer.scale_loss(ops.ones(())), "float32")
         targets = [representation] if rep_mode else self.shared_variables
         jacobian = gradients.task_jacobian(tape, scaled, targets, self._jacobian_method)
         jacobian = gradients.all_reduce_sum(jacobian)
         global_losses = gradients.all_reduce_sum(weighted)
-        unscaled = ops.cast(jacobian, "float32") / ops.cast(loss_scale, "float32")
-        gramian = ops.matmul(unscaled, ops.transpose(unscaled))
-        if self.balancer.needs_jacobian:
-            update, balance = self.balancer.direction(global_losses, unscaled)
-            update = update * ops.cast(loss_scale, "float32")
-        else:
-            balance = self.balancer.balance(global_losses, gramian)
-            update = None
-        balance = ops.stop_gradient(balance)
-        grads = self._balanced_gradients(
-            tape, scaled, regularization, balance, jacobian, update, targets
+        finite = self._check_finite(task_losses)
+        # With loss scaling, J may overflow while the losses are finite: the
+        # balancer must not see it (its state would turn NaN); the non-finite
+        # update then makes the LossScaleOptimizer skip and lower its scale.
+        usable = ops.logical_and(finite, ops.all(ops.isfinite(jacobian)))
+        safe_jacobian = ops.where(usable, jacobian, 0.0) / loss_scale
+        gramian = ops.matmul(safe_jacobian, ops.transpose(safe_jacobian))
+        update, balance = ops.cond(
+            usable,
+            lambda: self._balance_gradients(global_losses, gramian, safe_jacobian),
+            lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(global_losses)),
         )
+        balance = ops.stop_gradient(balance)
+        update = ops.where(usable, update * loss_scale, ops.sum(jacobian, axis=0))
+        grads = self._balanced_gradients(
+            tape, scaled, regularization, balance, update, targets)
         del tape
-        trainable = self.trainable_variables
-        self.optimizer.apply(grads, trainable)
+        self._apply_if(finite, grads)
 
         total = ops.sum(balance * weighted) + regularization
-        self._loss_tracker.update_state(
-            gradients.unscale_for_distribution(total),
-            sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
-        )
-        self._update_task_trackers(task_losses, balance)
-        for tracker, value in zip(
-            self._diagnostic_trackers, gradients.diagnostics(gramian)
-        ):
-            tracker.update_state(value)
+        self._track_step(x, total, task_losses, balance, finite)
+        for tracker, value in zip(self._diagnostic_trackers,
+                                  gradients.diagnostics(gramian)):
+            tracker.update_state(value, sample_weight=ops.cast(usable, "float32"))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _balanced_gradients(self, tape, scaled, regularization, balance,
-                            jacobian, update, targets):
+    def _balance_gradients(self, task_losses, gramian, jacobian):
+        """`(update or zeros, weights)`; the update is `wᵀJ` unless the
+        balancer computes its own from J."""
+        if self.balancer.needs_jacobian:
+            return self.balancer.direction(task_losses, jacobian)
+        weights = self.balancer.balance(task_losses, gramian)
+        return ops.matmul(weights[None, :], jacobian)[0], weights
+
+    def _balanced_gradients(self, tape, scaled, regularization, balance, update,
+                            targets):
         """Gradients for every trainable variable, in `trainable_variables` order.
 
-        Shared part: `wᵀJ` (or the balancer's own update) in params mode; in
-        rep mode the representation gradient is pulled back through the
-        trunk. Heads: the gradient of `Σ w_k L_k`.
+        Shared part: the balanced update (`wᵀJ` or the balancer's own) in
+        params mode; in rep mode it is pulled back through the trunk. Heads:
+        the gradient of `Σ w_k L_k`, the weights held constant.
         """
-        num_replicas = gradients.num_replicas()
-        if update is None:
-            update = ops.matmul(ops.cast(balance, jacobian.dtype)[None, :], jacobian)[0]
         # J was summed over replicas and optimizer.apply sums again.
-        update = update / num_replicas
+        update = update / gradients.num_replicas()
         if self.balancer.mode == "rep":
             representation = targets[0]
             upstream = ops.reshape(ops.cast(update, representation.dtype),
@@ -394,27 +462,24 @@ class MultiTaskModel(keras.Model):
                                          output_gradients=upstream)
         else:
             shared_grads = gradients.unflatten(update, self.shared_variables)
-        # The heads get the gradient of Σ w_k L_k, the weights held constant.
         head_grads = tape.gradient(
             scaled, self.head_variables,
-            output_gradients=ops.cast(balance, scaled.dtype),
-        )
+            output_gradients=ops.cast(balance, scaled.dtype))
         if self.losses:
             shared_grads = gradients.add_gradients(
                 shared_grads, tape.gradient(regularization, self.shared_variables))
             head_grads = gradients.add_gradients(
                 head_grads, tape.gradient(regularization, self.head_variables))
-        by_id = {}
-        for variable, grad in zip(self.shared_variables, shared_grads):
-            by_id[id(variable)] = grad
-        for variable, grad in zip(self.head_variables, head_grads):
-            by_id[id(variable)] = grad
-        return [
-            by_id[id(v)] if by_id[id(v)] is not None else ops.zeros_like(v)
-            for v in self.trainable_variables
-        ]
+        by_id = {id(v): g for v, g in zip(self.shared_variables, shared_grads)}
+        by_id.update({id(v): g for v, g in zip(self.head_variables, head_grads)})
+        return [by_id[id(v)] for v in self.trainable_variables]
 
     # ------------------------------------------------------------ utilities
+
+    @property
+    def nonfinite_tasks(self):
+        """1.0 for each task whose loss was not finite at the last skipped step."""
+        return self.task_weights.nonfinite_tasks
 
     def get_task_weights(self) -> dict[str, float]:
         """The current task weights, `{task: weight}`."""
@@ -435,17 +500,24 @@ class MultiTaskModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         if self._shared_tensor is not None:
-            layer, node_index, tensor_index = self._shared_tensor._keras_history
-            config["shared"] = [layer.name, node_index, tensor_index]
+            config["shared"] = self._shared_tensor_spec()
         return config
 
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        shared = config.pop("shared", None)
-        model = super().from_config(config, custom_objects=custom_objects)
-        if shared is not None:
-            layer_name, node_index, tensor_index = shared
-            node = model.get_layer(layer_name)._inbound_nodes[node_index]
-            model._shared_tensor = keras.tree.flatten(node.output_tensors)[tensor_index]
-        return model
+    def _shared_tensor_spec(self) -> list:
+        """`[layer_name, node_index, tensor_index]` as in Keras' own config:
+        node indices count only the nodes that belong to this model."""
+        layer, node_index, tensor_index = self._shared_tensor._keras_history
+        kept = [
+            i for i in range(len(layer._inbound_nodes))
+            if make_node_key(layer, i) in self._nodes
+        ]
+        offset = 1 if isinstance(layer, Functional) else 0
+        return [layer.name, kept.index(node_index) + offset, tensor_index]
+
+    def _tensor_from_spec(self, layer_name, node_index, tensor_index):
+        layer = self.get_layer(layer_name)
+        if isinstance(layer, Functional):
+            node_index -= 1
+        return keras.tree.flatten(layer._inbound_nodes[node_index].output_tensors)[
+            tensor_index
+        ]

@@ -17,6 +17,9 @@ class TaskWeights(keras.layers.Layer):
     retracing, and they save and resume with the model (a Python float in
     `compile(loss_weights=...)` would be frozen into the graph).
 
+    `nonfinite_tasks` flags (1.0) the tasks whose loss was not finite at the
+    last step the model skipped for that reason.
+
     `loss_history` keeps the epoch-mean task losses of the last two epochs
     for epoch-level callbacks, so that they too resume where they stopped.
 
@@ -37,6 +40,10 @@ class TaskWeights(keras.layers.Layer):
         )
         self.epochs_recorded = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="epochs_recorded"
+        )
+        self.nonfinite_tasks = self.add_weight(
+            shape=(num_tasks,), initializer="zeros", trainable=False,
+            name="nonfinite_tasks", aggregation="only_first_replica",
         )
         self.built = True
 

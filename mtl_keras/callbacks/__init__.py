@@ -1,5 +1,7 @@
 """Keras callbacks for multi-task training."""
 
 from mtl_keras.callbacks.dynamic_weight_average import DynamicWeightAverage
+from mtl_keras.callbacks.multi_task_score import MultiTaskScore
+from mtl_keras.callbacks.terminate_on_nonfinite_loss import TerminateOnNonFiniteLoss
 
-__all__ = ["DynamicWeightAverage"]
+__all__ = ["DynamicWeightAverage", "MultiTaskScore", "TerminateOnNonFiniteLoss"]

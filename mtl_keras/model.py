@@ -102,8 +102,8 @@ class MultiTaskModel(keras.Model):
             trunk = keras.Model(self.inputs, self._shared_tensor)
             return list(trunk.trainable_variables)
         per_task = [
-            {id(v) for v in keras.Model(self.inputs, self.outputs[i]).trainable_variables}
-            for i in range(self.num_tasks)
+            {id(v) for v in keras.Model(self.inputs, output).trainable_variables}
+            for output in self.outputs
         ]
         counts: dict[int, int] = {}
         for ids in per_task:
@@ -321,7 +321,22 @@ class MultiTaskModel(keras.Model):
 
     # ------------------------------------------------------------ training
 
+    def _distributable_logs(self, logs: dict) -> dict:
+        # Keras 3.15 reduces a multi-worker step's logs with
+        # `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
+        # (for a plain keras.Model too); a (1,) shape reduces to the scalar.
+        strategy = self.distribute_strategy
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def test_step(self, data):
+        return self._distributable_logs(super().test_step(data))
+
     def train_step(self, data):
+        return self._distributable_logs(self._train_step(data))
+
+    def _train_step(self, data):
         """One step: a loss-balanced backward pass, or the gradient engine.
 
         A step whose task losses are not all finite is skipped (no weight,
@@ -355,7 +370,8 @@ class MultiTaskModel(keras.Model):
         finite_tasks = ops.equal(flags, 1.0)
         finite = ops.all(finite_tasks)
         flags = self.task_weights.nonfinite_tasks
-        flags.assign(ops.where(finite, flags, 1.0 - ops.cast(finite_tasks, flags.dtype)))
+        not_finite = 1.0 - ops.cast(finite_tasks, flags.dtype)
+        flags.assign(ops.where(finite, flags, not_finite))
         return finite
 
     def _apply_if(self, finite, grads) -> None:
@@ -473,6 +489,25 @@ class MultiTaskModel(keras.Model):
         by_id = {id(v): g for v, g in zip(self.shared_variables, shared_grads)}
         by_id.update({id(v): g for v, g in zip(self.head_variables, head_grads)})
         return [by_id[id(v)] for v in self.trainable_variables]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds a distributed model from the first batch reduced
+        # with `strategy.reduce("MEAN", ...)`, which fails under
+        # MultiWorkerMirroredStrategy ("unsupported type PerReplica"), for a
+        # plain keras.Model too. Only shapes matter here, so build from the
+        # first local replica's batch instead.
+        if iterator is None or self._distribute_strategy is None:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        strategy = self.distribute_strategy
+        for _, _, batches in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda value: strategy.experimental_local_results(value)[0]
+                if isinstance(value, tf.distribute.DistributedValues) else value,
+                next(batches),
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     # ------------------------------------------------------------ utilities
 

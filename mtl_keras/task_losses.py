@@ -82,7 +82,8 @@ def _compatible(shape_a, shape_b) -> bool:
 
 
 def _show(shape) -> str:
-    return "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + ")"
+    dims = ["batch" if i == 0 else str(d) for i, d in enumerate(shape)]
+    return "(" + ", ".join(dims) + ")"
 
 
 def present_mask(y_true, sparse: bool):

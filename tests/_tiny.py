@@ -13,8 +13,9 @@ def tiny_network(cls=MultiTaskModel, seed=0, with_shared=True, regularized=False
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8,), name="x")
     regularizer = keras.regularizers.L2(1e-3) if regularized else None
-    shared = keras.layers.Dense(16, activation="tanh", name="trunk",
-                                kernel_regularizer=regularizer)(inputs)
+    shared = keras.layers.Dense(
+        16, activation="tanh", name="trunk", kernel_regularizer=regularizer
+    )(inputs)
     outputs = {
         "a": keras.layers.Dense(3, activation="softmax", name="a")(shared),
         "b": keras.layers.Dense(1, name="b")(shared),

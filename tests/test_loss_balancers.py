@@ -51,8 +51,9 @@ def test_uncertainty_optimum_is_the_loss():
             total = balancer.total_loss(losses)
         grads = tape.gradient(total, balancer.trainable_variables)
         optimizer.apply(grads, balancer.trainable_variables)
-    np.testing.assert_allclose(np.exp(balancer.log_variances.numpy()), LOSS_VALUES,
-                               rtol=1e-3)
+    np.testing.assert_allclose(
+        np.exp(balancer.log_variances.numpy()), LOSS_VALUES, rtol=1e-3
+    )
 
 
 def test_imtl_l_optimum_scales_losses_to_one():
@@ -74,8 +75,9 @@ def test_gls_total_is_geometric_mean_and_weights_give_its_gradient():
     with tf.GradientTape() as tape:
         total, weights = balancer.combine(losses)
     assert float(total) == pytest.approx((0.5 * 2.0 * 4.0) ** (1 / 3), rel=1e-6)
-    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        tape.gradient(total, losses).numpy(), weights.numpy(), rtol=1e-5
+    )
 
 
 def test_si_total_is_sum_of_logs_and_weights_give_its_gradient():
@@ -85,8 +87,9 @@ def test_si_total_is_sum_of_logs_and_weights_give_its_gradient():
         total, weights = balancer.combine(losses)
     assert float(total) == pytest.approx(np.log(LOSS_VALUES).sum(), rel=1e-6)
     np.testing.assert_allclose(weights.numpy(), 1 / LOSS_VALUES, rtol=1e-6)
-    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), 1 / LOSS_VALUES,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        tape.gradient(total, losses).numpy(), 1 / LOSS_VALUES, rtol=1e-5
+    )
 
 
 def test_rlw_weights_on_simplex_random_and_reproducible():
@@ -115,8 +118,12 @@ def test_loss_balancers_are_permutation_equivariant(values):
 def test_loss_balancer_trains_tiny_model(name, jit_compile):
     x, y = tiny_data(128)
     model = tiny_network()
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSSES,
-                  balancer=name, jit_compile=jit_compile)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=LOSSES,
+        balancer=name,
+        jit_compile=jit_compile,
+    )
     history = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history
     for task in ("a", "b"):
         assert history[f"{task}_loss"][-1] < history[f"{task}_loss"][0]

@@ -24,21 +24,32 @@ def test_without_balancer_trains_exactly_like_keras_model(jit_compile):
     ours_history = _fit(ours, x, y, loss_weights=weights, jit_compile=jit_compile)
     theirs_history = _fit(theirs, x, y, loss_weights=weights, jit_compile=jit_compile)
     assert max_weight_difference(ours, theirs) < 1e-6
-    np.testing.assert_allclose(ours_history.history["loss"],
-                               theirs_history.history["loss"], rtol=1e-5)
-    np.testing.assert_allclose(ours_history.history["b_loss"],
-                               theirs_history.history["b_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        ours_history.history["loss"], theirs_history.history["loss"], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        ours_history.history["b_loss"], theirs_history.history["b_loss"], rtol=1e-5
+    )
 
 
 def test_sample_weights_match_keras():
     x, y = tiny_data()
-    sample_weight = {"a": np.linspace(0, 1, 64).astype("float32"),
-                     "b": np.linspace(1, 0, 64).astype("float32")}
+    sample_weight = {
+        "a": np.linspace(0, 1, 64).astype("float32"),
+        "b": np.linspace(1, 0, 64).astype("float32"),
+    }
     ours, theirs = tiny_network(), tiny_network(keras.Model)
     for model in (ours, theirs):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSSES)
-        model.fit(x, y, sample_weight=sample_weight, epochs=2, batch_size=16,
-                  shuffle=False, verbose=0)
+        model.fit(
+            x,
+            y,
+            sample_weight=sample_weight,
+            epochs=2,
+            batch_size=16,
+            shuffle=False,
+            verbose=0,
+        )
     assert max_weight_difference(ours, theirs) < 1e-6
 
 
@@ -50,7 +61,9 @@ def test_logs_carry_unweighted_task_losses_and_weights():
     model = tiny_network()
     model.compile(loss=LOSSES)
     predictions = model.predict(x, verbose=0)
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy()(y["a"], predictions["a"])
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy()(
+        y["a"], predictions["a"]
+    )
     evaluated = model.evaluate(x, y, verbose=0, return_dict=True)
     np.testing.assert_allclose(evaluated["a_loss"], float(cross_entropy), rtol=1e-5)
 
@@ -58,12 +71,15 @@ def test_logs_carry_unweighted_task_losses_and_weights():
 def test_masked_labels_contribute_nothing():
     x, y = tiny_data()
     labelled = np.arange(64) % 3 != 0
-    masked = {"a": np.where(labelled, y["a"], MISSING_LABEL).astype("int32"),
-              "b": np.where(labelled[:, None], y["b"], np.nan).astype("float32")}
+    masked = {
+        "a": np.where(labelled, y["a"], MISSING_LABEL).astype("int32"),
+        "b": np.where(labelled[:, None], y["b"], np.nan).astype("float32"),
+    }
     model = tiny_network()
     model.compile(loss=LOSSES)
     full = model.compute_task_losses(
-        {k: v[labelled] for k, v in y.items()}, model(x[labelled]))
+        {k: v[labelled] for k, v in y.items()}, model(x[labelled])
+    )
     with_missing = model.compute_task_losses(masked, model(x))
     np.testing.assert_allclose(with_missing.numpy(), full.numpy(), rtol=1e-6)
 
@@ -71,8 +87,10 @@ def test_masked_labels_contribute_nothing():
 def test_gradients_ignore_masked_samples():
     x, y = tiny_data()
     labelled = np.arange(64) % 2 == 0
-    masked = {"a": np.where(labelled, y["a"], MISSING_LABEL).astype("int32"),
-              "b": np.where(labelled[:, None], y["b"], np.nan).astype("float32")}
+    masked = {
+        "a": np.where(labelled, y["a"], MISSING_LABEL).astype("int32"),
+        "b": np.where(labelled[:, None], y["b"], np.nan).astype("float32"),
+    }
     model = tiny_network()
     model.compile(loss=LOSSES)
 
@@ -164,11 +182,13 @@ def test_wrong_label_shape_names_the_task():
     model = tiny_network()
     model.compile(loss=LOSSES)
     with pytest.raises(ValueError, match=r"Task 'b': labels have shape \(batch, 5\)"):
-        model.fit(x, {"a": y["a"], "b": np.zeros((64, 5), "float32")}, epochs=1,
-                  verbose=0)
+        model.fit(
+            x, {"a": y["a"], "b": np.zeros((64, 5), "float32")}, epochs=1, verbose=0
+        )
     with pytest.raises(ValueError, match=r"Task 'a'.*integer class ids of shape"):
-        model.fit(x, {"a": np.zeros((64, 7), "int32"), "b": y["b"]}, epochs=1,
-                  verbose=0)
+        model.fit(
+            x, {"a": np.zeros((64, 7), "int32"), "b": y["b"]}, epochs=1, verbose=0
+        )
 
 
 def test_unknown_balancer_lists_available():

@@ -26,8 +26,12 @@ class _StopAt(keras.callbacks.Callback):
 
 def _compiled(balancer):
     model = tiny_network()
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSSES,
-                  loss_weights={"a": 1.0, "b": 0.7}, balancer=balancer)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=LOSSES,
+        loss_weights={"a": 1.0, "b": 0.7},
+        balancer=balancer,
+    )
     return model
 
 
@@ -47,17 +51,19 @@ def test_keras_round_trip_in_a_fresh_process(tmp_path):
         model = keras.models.load_model({str(path)!r})
         assert type(model).__name__ == "MultiTaskModel", type(model)
         np.testing.assert_allclose(model.balancer.log_variances.numpy(),
-                                   np.load({str(tmp_path / 'log_variances.npy')!r}))
+                                   np.load({str(tmp_path / "log_variances.npy")!r}))
         assert model.get_task_weights() == {{"a": 1.0, "b": 0.25}}
-        x = np.load({str(tmp_path / 'x.npy')!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
         np.testing.assert_allclose(model.predict(x, verbose=0)["a"],
-                                   np.load({str(tmp_path / 'predictions.npy')!r}),
+                                   np.load({str(tmp_path / "predictions.npy")!r}),
                                    rtol=1e-6)
-        assert [v.path for v in model.shared_variables] == ["trunk/kernel", "trunk/bias"]
+        shared = [v.path for v in model.shared_variables]
+        assert shared == ["trunk/kernel", "trunk/bias"], shared
         print("OK", model.optimizer.iterations.numpy())
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK 12" in result.stdout
 
@@ -79,8 +85,15 @@ def test_backup_and_restore_resumes_exactly(tmp_path, balancer):
 
     def run(callbacks):
         model = _compiled(balancer)
-        model.fit(x, y, epochs=5, batch_size=16, shuffle=False, verbose=0,
-                  callbacks=[DynamicWeightAverage(), *callbacks])
+        model.fit(
+            x,
+            y,
+            epochs=5,
+            batch_size=16,
+            shuffle=False,
+            verbose=0,
+            callbacks=[DynamicWeightAverage(), *callbacks],
+        )
         return model
 
     uninterrupted = run([])
@@ -90,5 +103,6 @@ def test_backup_and_restore_resumes_exactly(tmp_path, balancer):
     resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
     assert int(resumed.optimizer.iterations.numpy()) == 20
     for ours, theirs in zip(resumed.weights, uninterrupted.weights):
-        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6,
-                                   err_msg=ours.path)
+        np.testing.assert_allclose(
+            ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=ours.path
+        )

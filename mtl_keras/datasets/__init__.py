@@ -1,0 +1,12 @@
+"""Built-in multi-task data sets: synthetic shapes and MultiMNIST.
+
+- `shapes`: offline synthetic images with classification, segmentation and counting
+  tasks (`shapes.load`, `shapes.load_numpy`, TFDS builder `shapes.Shapes`).
+- `multi_mnist`: two overlapping MNIST digits, tasks `left` and `right`
+  (`multi_mnist.load`, `multi_mnist.load_numpy`, TFDS builder
+  `multi_mnist.MultiMnist`); reads the official MNIST files.
+"""
+
+from mtl_keras.datasets import multi_mnist, shapes
+
+__all__ = ["multi_mnist", "shapes"]

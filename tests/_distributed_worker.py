@@ -1,0 +1,57 @@
+"""Runs in a subprocess: TF's device layout must be set before TF starts.
+
+`python _distributed_worker.py mirrored BALANCER OUT.npz`: one step of the
+tiny model under MirroredStrategy over 2 logical CPUs, and the same step on
+one device over the whole batch; saves both models' weights.
+
+`python _distributed_worker.py multiworker BALANCER OUT.npz` (with TF_CONFIG
+set): a few steps under MultiWorkerMirroredStrategy; saves the weights.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+mode, balancer, out_path = sys.argv[1:4]
+if mode == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+import keras  # noqa: E402
+from _tiny import LOSSES, tiny_data, tiny_network  # noqa: E402
+
+from mtl_keras import MultiTaskModel  # noqa: E402
+
+
+def train(strategy, steps, batch_size=32):
+    with strategy.scope():
+        model = tiny_network(keras.Model if balancer == "plain" else MultiTaskModel)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=LOSSES,
+            loss_weights={"a": 1.0, "b": 0.5},
+            **(
+                {}
+                if balancer == "plain"
+                else {"balancer": None if balancer == "none" else balancer}
+            ),
+        )
+    x, y = tiny_data(steps * batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    model.fit(dataset, epochs=1, verbose=0)
+    return [v.numpy() for v in model.trainable_variables]
+
+
+if mode == "mirrored":
+    mirrored = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), steps=2)
+    single = train(tf.distribute.get_strategy(), steps=2)
+    np.savez(out_path, *mirrored, *single)
+else:
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    np.savez(out_path, *train(strategy, steps=3))

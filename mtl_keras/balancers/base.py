@@ -64,6 +64,15 @@ class Balancer(keras.layers.Layer):
             self.build_for_tasks([f"task_{i}" for i in range(num_tasks)])
         self.built = True
 
+    def add_weight(self, *args, **kwargs):
+        # Balancer state is computed from all-reduced inputs, so every
+        # replica holds the same value: under tf.distribute, let the first
+        # replica's assignment stand (the default aggregation refuses
+        # assignments in replica context).
+        if not kwargs.get("trainable", True):
+            kwargs.setdefault("aggregation", "only_first_replica")
+        return super().add_weight(*args, **kwargs)
+
     def build_state(self, num_tasks: int) -> None:
         """Creates the balancer's weights. Default: stateless."""
         del num_tasks

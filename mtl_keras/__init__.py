@@ -15,7 +15,9 @@ from mtl_keras.task_weights import TaskWeights
 __version__ = "0.1.0"
 
 # Imported on first use: they pull in TFDS / KerasTuner, which are slow to load.
-_LAZY_SUBMODULES = ("architectures", "datasets", "demo", "export", "metrics", "tuning")
+_LAZY_SUBMODULES = (
+    "architectures", "compare", "datasets", "demo", "export", "metrics", "tuning",
+)
 
 
 def __getattr__(name):

@@ -75,6 +75,9 @@ def get(identifier) -> Balancer | None:
         class_name = identifier.get("class_name", "")
         config = dict(identifier.get("config", {}))
         short = _normalise(class_name)
+        if short in _ALIASES:
+            short, alias_config = _ALIASES[short]
+            config = {**alias_config, **config}
         if short in _REGISTRY:
             return _REGISTRY[short].from_config(config)
         return keras.saving.deserialize_keras_object(identifier)

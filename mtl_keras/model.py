@@ -14,7 +14,13 @@ from keras.src.models.functional import Functional, make_node_key
 from mtl_keras import balancers as balancers_lib
 from mtl_keras import gradients
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
-from mtl_keras.task_losses import check_label_shape, masked_task_loss, to_loss
+from mtl_keras.task_losses import (
+    check_label_dtype,
+    check_label_shape,
+    check_sample_weight_shape,
+    masked_task_loss,
+    to_loss,
+)
 from mtl_keras.task_weights import TaskWeights
 
 
@@ -74,7 +80,9 @@ class MultiTaskModel(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         # Keras flattens dict outputs in sorted key order; so do we.
         self.task_names = sorted(outputs)
-        self.task_weights = TaskWeights(self.task_names)
+        # float32 whatever the global dtype policy: under mixed precision
+        # the task losses, and their weighting, stay in float32.
+        self.task_weights = TaskWeights(self.task_names, dtype="float32")
         self.balancer = None
         if isinstance(shared, (list, tuple)):
             shared = self._tensor_from_spec(*shared)
@@ -165,6 +173,13 @@ class MultiTaskModel(keras.Model):
             raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
         self._jacobian_method = jacobian
         self.balancer = balancers_lib.get(balancer)
+        if self.balancer is not None and not isinstance(
+            self.balancer, balancers_lib.Balancer
+        ):
+            raise ValueError(
+                f"Unknown balancer {balancer!r}. Available balancers: "
+                f"{', '.join(balancers_lib.available())}."
+            )
         if self.balancer is not None:
             self.balancer.build_for_tasks(self.task_names)
             self._check_balancer()
@@ -182,13 +197,14 @@ class MultiTaskModel(keras.Model):
     def _check_task_keys(self, what: str, value) -> None:
         if not isinstance(value, dict):
             return
+        # Sorted by `str`: a wrong key need not be a string.
         missing = sorted(set(self.task_names) - set(value))
-        unknown = sorted(set(value) - set(self.task_names))
+        unknown = sorted(set(value) - set(self.task_names), key=str)
         if unknown or (missing and what == "loss"):
             raise ValueError(
-                f"`{what}` names tasks {sorted(value)} but the model's outputs "
-                f"are {self.task_names}: unknown {unknown}, missing {missing}. "
-                f"Use the output names as the keys of `{what}`."
+                f"`{what}` names tasks {sorted(value, key=str)} but the model's "
+                f"outputs are {self.task_names}: unknown {unknown}, missing "
+                f"{missing}. Use the output names as the keys of `{what}`."
             )
 
     def _normalise_losses(self, loss) -> dict:
@@ -216,7 +232,7 @@ class MultiTaskModel(keras.Model):
                 f"{self.task_names}), not a {type(loss_weights).__name__}."
             )
         self._check_task_keys("loss_weights", loss_weights)
-        return [float(loss_weights.get(t, 1.0)) for t in self.task_names]
+        return [_task_weight(t, loss_weights.get(t, 1.0)) for t in self.task_names]
 
     def _check_balancer(self) -> None:
         if isinstance(self.balancer, GradientBalancer):
@@ -279,13 +295,17 @@ class MultiTaskModel(keras.Model):
                 "a label; mark an unlabelled sample with -1 (class labels) or NaN "
                 "(float labels), or with sample weight 0."
             )
+        self._check_task_keys("sample_weight", sample_weight)
         losses = []
         for task in self.task_names:
             loss_fn = self.task_losses[task]
+            check_label_dtype(task, y[task])
             check_label_shape(task, loss_fn, y[task], y_pred[task])
             weight = sample_weight
             if isinstance(sample_weight, dict):
                 weight = sample_weight.get(task)
+            if weight is not None:
+                check_sample_weight_shape(task, weight, y_pred[task])
             losses.append(masked_task_loss(loss_fn, y[task], y_pred[task], weight))
         return ops.stack(losses)
 
@@ -331,7 +351,13 @@ class MultiTaskModel(keras.Model):
         return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
     def test_step(self, data):
-        return self._distributable_logs(super().test_step(data))
+        # Gradient diagnostics and skipped steps exist only while training:
+        # `val_grad_norm_*` would repeat stale training values.
+        train_only = {m.name for m in self._diagnostic_trackers}
+        train_only.add(self._skipped_steps.name)
+        logs = super().test_step(data)
+        logs = {name: value for name, value in logs.items() if name not in train_only}
+        return self._distributable_logs(logs)
 
     def train_step(self, data):
         return self._distributable_logs(self._train_step(data))
@@ -339,8 +365,9 @@ class MultiTaskModel(keras.Model):
     def _train_step(self, data):
         """One step: a loss-balanced backward pass, or the gradient engine.
 
-        A step whose task losses are not all finite is skipped (no weight,
-        optimizer or balancer update) and counted in `skipped_steps`;
+        A step whose task losses (or, without loss scaling, gradients) are
+        not all finite is skipped (no weight, optimizer or balancer update)
+        and counted in `skipped_steps`;
         `model.nonfinite_tasks` flags the tasks of the last such step and
         `mtl_keras.callbacks.TerminateOnNonFiniteLoss` stops training with
         the tasks named.
@@ -356,16 +383,39 @@ class MultiTaskModel(keras.Model):
             loss = gradients.scale_for_distribution(total + self._regularization_loss())
             scaled_loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, self.trainable_variables)
-        finite = self._check_finite(task_losses)
+        finite = self._check_finite(task_losses, self._gradients_finite(grads))
         self._apply_if(finite, grads)
         self._track_step(x, loss, task_losses, balance, finite)
         if getattr(self.balancer, "needs_post_step_losses", False):
             self._post_step_update(x, y, sample_weight, weighted, finite)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _check_finite(self, task_losses):
-        """All-reduced flag: every task loss is finite on every replica."""
-        flags = ops.cast(ops.isfinite(task_losses), "float32")
+    def _gradients_finite(self, grads, axis=None):
+        """Whether the gradients are finite (per row of J with `axis=1`).
+
+        Under loss scaling, always: the LossScaleOptimizer skips non-finite
+        gradients itself and lowers its scale.
+        """
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return True
+        if axis is not None:
+            return ops.all(ops.isfinite(grads), axis=axis)
+        return ops.all(ops.stack(
+            [ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+
+    def _check_finite(self, task_losses, grads_finite=True):
+        """All-reduced flag: every task loss (and gradient) is finite on
+        every replica.
+
+        A finite loss can still give a non-finite gradient (an infinite
+        input into a saturated unit gives inf·0). `grads_finite` is a flag,
+        or one per task (rows of J); a single flag false while every loss
+        is finite flags every task, since none can be singled out.
+        """
+        losses_finite = ops.isfinite(task_losses)
+        blame_gradients = ops.logical_or(
+            grads_finite, ops.logical_not(ops.all(losses_finite)))
+        flags = ops.cast(ops.logical_and(losses_finite, blame_gradients), "float32")
         flags = gradients.all_reduce_sum(flags) / gradients.num_replicas()
         finite_tasks = ops.equal(flags, 1.0)
         finite = ops.all(finite_tasks)
@@ -426,7 +476,8 @@ class MultiTaskModel(keras.Model):
         jacobian = gradients.task_jacobian(tape, scaled, targets, self._jacobian_method)
         jacobian = gradients.all_reduce_sum(jacobian)
         global_losses = gradients.all_reduce_sum(weighted)
-        finite = self._check_finite(task_losses)
+        finite = self._check_finite(
+            task_losses, self._gradients_finite(jacobian, axis=1))
         # With loss scaling, J may overflow while the losses are finite: the
         # balancer must not see it (its state would turn NaN); the non-finite
         # update then makes the LossScaleOptimizer skip and lower its scale.
@@ -522,6 +573,10 @@ class MultiTaskModel(keras.Model):
 
     def set_task_weights(self, weights) -> None:
         """Assigns task weights from `{task: weight}` (others unchanged)."""
+        if isinstance(weights, dict):
+            weights = {t: _task_weight(t, w) for t, w in weights.items()}
+        elif len(weights) == self.num_tasks:  # other lengths: assign says why
+            weights = [_task_weight(t, w) for t, w in zip(self.task_names, weights)]
         self.task_weights.assign(weights)
 
     def serving_model(self, name: str | None = None) -> keras.Model:
@@ -556,3 +611,26 @@ class MultiTaskModel(keras.Model):
         return keras.tree.flatten(layer._inbound_nodes[node_index].output_tensors)[
             tensor_index
         ]
+
+
+def _task_weight(task, value) -> float:
+    """A task weight as a float; refuses what would corrupt training.
+
+    A NaN or infinite weight turns every update non-finite while the task
+    losses stay finite; a negative one makes the model maximise a loss.
+    """
+    message = (f"The weight of task '{task}' must be a number, got "
+               f"{type(value).__name__}: {value!r}.")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(message)
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(message) from error
+    # The weights are float32 variables: 1e39 would be stored as inf.
+    if not 0 <= value <= np.finfo("float32").max:
+        raise ValueError(
+            f"The weight of task '{task}' must be finite (in float32) and ≥ 0, "
+            f"got {value}. Use 0 to switch a task off."
+        )
+    return value

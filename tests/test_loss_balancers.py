@@ -147,7 +147,8 @@ def test_registry_resolves_names_aliases_and_configs():
     assert balancers.get(balancer) is balancer
     rebuilt = balancers.get(balancers.serialize(balancer))
     assert rebuilt.form == "positive"
-    aliased = balancers.get({"class_name": "mgda-ub", "config": {"normalization": "l2"}})
+    config = {"class_name": "mgda-ub", "config": {"normalization": "l2"}}
+    aliased = balancers.get(config)
     assert (aliased.mode, aliased.normalization) == ("rep", "l2")
     with pytest.raises(ValueError, match="Available balancers: .*gls"):
         balancers.get("gradient-surgery")

@@ -68,6 +68,17 @@ def test_logs_carry_unweighted_task_losses_and_weights():
     np.testing.assert_allclose(evaluated["a_loss"], float(cross_entropy), rtol=1e-5)
 
 
+def test_validation_logs_omit_training_only_diagnostics():
+    x, y = tiny_data()
+    model = tiny_network()
+    model.compile(optimizer="sgd", loss=LOSSES, balancer="mgda")
+    history = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0)
+    logs = history.history
+    assert {"grad_norm_a", "grad_cos_a_b", "skipped_steps"} <= set(logs)
+    assert {"val_a_loss", "val_b_loss", "val_a_weight"} <= set(logs)
+    assert not [key for key in logs if key.startswith(("val_grad", "val_skipped"))]
+
+
 def test_masked_labels_contribute_nothing():
     x, y = tiny_data()
     labelled = np.arange(64) % 3 != 0

@@ -21,7 +21,9 @@ class DynamicWeightAverage(keras.callbacks.Callback):
     gets more weight. The weights are written into the model's task weights
     (so they compose with a balancer), and the loss history is kept in the
     model's weights, so a run resumed with `BackupAndRestore` or from a
-    `.keras` file continues as if uninterrupted.
+    `.keras` file continues as if uninterrupted. The current epoch's running
+    means are stored after every batch, so that a callback saving the model
+    at the end of an epoch saves them too, wherever it stands in the list.
 
     Args:
         temperature: T; larger values give more even weights (default 2).
@@ -39,6 +41,7 @@ class DynamicWeightAverage(keras.callbacks.Callback):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
         self.temperature = float(temperature)
+        self._epoch_recorded = False
 
     def _task_weights(self):
         task_weights = getattr(self.model, "task_weights", None)
@@ -57,8 +60,13 @@ class DynamicWeightAverage(keras.callbacks.Callback):
             history = task_weights.loss_history.numpy()
             weights = dwa_weights(history[1], history[0], self.temperature)
         task_weights.assign(weights.tolist())
+        self._epoch_recorded = False
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
+        # Keras' batch logs hold the epoch's running means. Recording them
+        # only in `on_epoch_end` would miss a BackupAndRestore listed before
+        # this callback: it saves the model first, and the resumed run then
+        # lacks the epoch's losses.
         task_weights = self._task_weights()
         logs = logs or {}
         missing = [t for t in task_weights.task_names if f"{t}_loss" not in logs]
@@ -68,7 +76,12 @@ class DynamicWeightAverage(keras.callbacks.Callback):
                 "in the logs."
             )
         losses = [float(logs[f"{t}_loss"]) for t in task_weights.task_names]
-        task_weights.record_epoch_losses(losses)
+        if not self._epoch_recorded:
+            task_weights.record_epoch_losses(losses)
+            self._epoch_recorded = True
+        else:  # the same epoch: refresh its running means
+            history = task_weights.loss_history
+            history.assign(np.stack([history.numpy()[0], losses]))
 
     def get_config(self) -> dict:
         return {"temperature": self.temperature}

@@ -10,4 +10,12 @@ To run them in full, set `MTL_KERAS_QUICK=0` and raise the per-cell limit:
 
 import os
 
+from hypothesis import settings
+
 os.environ.setdefault("MTL_KERAS_QUICK", "1")
+
+# CI runs the same hypothesis examples every time, so a red run reproduces;
+# locally each run explores new ones.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")

@@ -18,8 +18,9 @@ TRAINED_METHODS = [*GRADIENT_METHODS, "famo"]
 # CPU cores (MGDA-UB's representation mode over 4 minutes). The default run
 # compiles two representative steps on it: the Gramian path with a QP solver
 # and FAMO's post-step losses. Every balancer's solver is compiled with XLA on
-# its own in test_gradient_balancers.py, and benchmarks/overhead.py trains
-# every method with XLA on this model; the other XLA cases here are marked slow.
+# its own in test_gradient_balancers.py, and
+# `benchmarks/overhead.py --xla-balancers all` trains every method with XLA on
+# this model; the other XLA cases here are marked slow.
 XLA_ON_REFERENCE = {"upgrad", "famo"}
 EPOCHS = 3
 

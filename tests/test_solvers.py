@@ -203,7 +203,9 @@ def test_min_quadratic_above_matches_enumeration(seed, num_tasks, extra_params):
     lower = np.eye(num_tasks) / num_tasks
     result = _above(_f32(gramian), _f32(lower)).numpy()
     expected = np.stack([exact_above(gramian, row) for row in lower])
-    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
+    # float32 against float64 with a condition number up to ~1e4: a relative
+    # error of 1.2e-4 was seen (K=6, no extra parameters).
+    np.testing.assert_allclose(result, expected, rtol=1e-3, atol=1e-6)
 
 
 def test_min_quadratic_above_on_singular_gramian_is_feasible_and_finite():

@@ -35,7 +35,7 @@ class TaskBoard(keras.callbacks.TensorBoard):
     - "Task weights": the effective weight of every task (`<task>_weight`).
     - "Task metrics": one chart per task metric (`<task>_<metric>`).
     - "Gradient norms" and "Gradient cosines": `grad_norm_<task>` and
-      `grad_cos_<a>_<b>`, when the model logs them (gradient balancers).
+      `grad_cos_<a>/<b>`, when the model logs them (gradient balancers).
 
     With an integer `update_freq=N`, the `TensorBoard` callback also writes
     every log key as `batch_<key>` every N training batches; the layout then

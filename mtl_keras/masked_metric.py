@@ -69,6 +69,8 @@ class MaskedMetric(keras.metrics.Metric):
             while len(weight.shape) < len(mask.shape):
                 weight = ops.expand_dims(weight, -1)
             mask = mask * weight
+        if "int" in str(metric.dtype):  # e.g. MeanIoU counts in integers
+            mask = ops.cast(mask, metric.dtype)
         safe_true = ops.where(present, y_true, ops.zeros_like(y_true))
         metric.update_state(safe_true, y_pred, sample_weight=mask)
 

@@ -368,8 +368,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 weight = sample_weight.get(task)
             if weight is not None:
                 check_sample_weight_shape(task, weight, y_pred[task])
-            check_class_ids(task, loss_fn, y[task], y_pred[task])
-            losses.append(masked_task_loss(loss_fn, y[task], y_pred[task], weight))
+            labels = check_class_ids(task, loss_fn, y[task], y_pred[task])
+            losses.append(masked_task_loss(loss_fn, labels, y_pred[task], weight))
         return ops.stack(losses)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,

@@ -250,25 +250,27 @@ def invalid_class_ids(y_true, present, num_classes):
 _LABEL_ERROR = ("<mtl_keras label error>", "</mtl_keras label error>")
 
 
-def check_class_ids(task: str, loss, y_true, y_pred) -> None:
-    """Fails the step, naming the task, on a present class id outside
-    `[0, num_classes)` or a float class id with a fractional part.
+def check_class_ids(task: str, loss, y_true, y_pred):
+    """Returns the labels, checked: the step fails, naming the task, on a
+    present class id outside `[0, num_classes)` or a float class id with a
+    fractional part.
 
-    An in-graph check (TensorFlow's `Assert`, a no-op under XLA); the
-    model's `fit` / `evaluate` turn its error into a `ValueError` through
-    `label_errors`. Other backends skip it.
+    An in-graph check (TensorFlow's `Assert`, a no-op under XLA) that runs
+    before anything reads the returned labels; the model's `fit` /
+    `evaluate` turn its error into a `ValueError` through `label_errors`.
+    Other backends return the labels unchecked.
     """
     num_classes = y_pred.shape[-1]
     if (keras.backend.backend() != "tensorflow" or num_classes is None
             or not labels_are_class_ids(loss, y_true, y_pred)):
-        return
+        return y_true
     import tensorflow as tf
 
     invalid = invalid_class_ids(y_true, present_mask(y_true, True), num_classes)
     flat_invalid = ops.reshape(invalid, (-1,))
     first = ops.argmax(ops.cast(flat_invalid, "int32"))
     offending = ops.take(ops.reshape(y_true, (-1,)), first)
-    tf.debugging.Assert(
+    check = tf.debugging.Assert(
         ops.logical_not(ops.any(flat_invalid)),
         [f"{_LABEL_ERROR[0]}Task '{task}': got class id", offending,
          f"but its labels must be whole numbers in [0, {num_classes}) (the "
@@ -276,6 +278,8 @@ def check_class_ids(task: str, loss, y_true, y_pred) -> None:
          f"(MISSING_LABEL) for a missing label. Fix the dataset's labels for "
          f"this task.{_LABEL_ERROR[1]}"],
         summarize=1)
+    with tf.control_dependencies([check]):
+        return tf.identity(y_true)
 
 
 @contextlib.contextmanager
@@ -295,8 +299,10 @@ def _label_message(text: str) -> str | None:
     if start < 0 or end < 0:
         return None
     message = text[start + len(_LABEL_ERROR[0]):end]
-    # TensorFlow prints each part of the assertion's data in brackets.
-    return re.sub(r"\]\s*\[", " ", message).strip(" []")
+    # TensorFlow prints each part of the assertion's data in brackets, and
+    # escapes quotes.
+    message = re.sub(r"\]\s*\[", " ", message).strip(" []")
+    return message.replace("\\'", "'")
 
 
 def element_mask(y_true, present, class_ids: bool, rank: int):

@@ -8,6 +8,8 @@ minor versions tested.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -42,3 +44,23 @@ class DistributedBuildFix:
             break
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
+
+
+@contextlib.contextmanager
+def unlocked_state(layer: keras.layers.Layer):
+    """Lets a built layer create one more weight.
+
+    Keras locks a layer's state tracker once the layer is built; DB-MTL
+    sizes its (K, P) gradient average only when the model knows P, after
+    the balancer is built. No public route: this unlocks the private
+    `Layer._tracker` for the duration (checked against Keras 3.15.1).
+    """
+    tracker = getattr(layer, "_tracker", None)
+    was_locked = tracker is not None and tracker.locked
+    if was_locked:
+        tracker.unlock()
+    try:
+        yield
+    finally:
+        if was_locked:
+            tracker.lock()

@@ -511,7 +511,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     def _apply_if(self, finite, grads) -> None:
         trainable = self.trainable_variables
-        if gradients.num_replicas() > 1:
+        if tf.distribute.has_strategy():  # even a one-replica strategy
             # optimizer.apply merges replicas, which cannot happen inside a
             # cond: zero the update instead (moments still decay one step).
             grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))

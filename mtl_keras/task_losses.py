@@ -2,7 +2,8 @@
 
 A label is *missing* for a sample (or a pixel) when it is the sentinel
 `MISSING_LABEL` (-1) in integer labels, or NaN in float labels (for class ids
-given as floats, -1.0 also marks a missing label). Missing entries contribute nothing; the loss is the mean over the
+given as floats, -1.0 also marks a missing label). Missing entries contribute
+nothing; the loss is the mean over the
 present entries (Keras' `sum_over_batch_size` restricted to them), so with
 every label present it equals what `keras.Model` computes, sample weights
 included. A batch with no present label gives the task loss 0, never NaN.

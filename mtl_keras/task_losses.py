@@ -107,6 +107,12 @@ def takes_class_ids(loss: keras.losses.Loss) -> bool:
     )
 
 
+def _is_keras_loss(loss: keras.losses.Loss) -> bool:
+    """Whether the loss is one of Keras' own (class or wrapped function)."""
+    origin = loss.fn if isinstance(loss, FunctionLoss) else type(loss)
+    return getattr(origin, "__module__", "").split(".")[0] == "keras"
+
+
 def labels_are_class_ids(loss, y_true, y_pred) -> bool:
     """Whether `y_true` holds class ids for the output `y_pred`.
 
@@ -121,12 +127,13 @@ def labels_are_class_ids(loss, y_true, y_pred) -> bool:
 
 
 def class_id_shapes(y_true, y_pred) -> bool:
-    """The shape rule of `labels_are_class_ids`."""
+    """The shape rule of `labels_are_class_ids` (an output with one unit is
+    binary or a regression, never a set of classes)."""
     true_rank, pred_rank = len(y_true.shape), len(y_pred.shape)
+    if y_pred.shape[-1] in (None, 1):
+        return False
     return true_rank < pred_rank or (
-        true_rank == pred_rank and y_true.shape[-1] == 1
-        and y_pred.shape[-1] not in (None, 1)
-    )
+        true_rank == pred_rank and y_true.shape[-1] == 1)
 
 
 def check_label_dtype(task: str, y_true) -> None:
@@ -176,11 +183,14 @@ def check_label_shape(task: str, loss, y_true, y_pred) -> None:
         )
         hint = f"integer class ids of shape {_show(expected, batch)}"
     else:
-        # A user's loss may take class ids too: one axis fewer, or a
-        # trailing 1 (`labels_are_class_ids` decides the masking).
-        fits = (_compatible(true_shape, pred_shape)
-                or _compatible(true_shape, pred_shape[:-1])
-                or _compatible(true_shape, pred_shape[:-1] + (1,)))
+        fits = _compatible(true_shape, pred_shape) or (
+            pred_shape[-1:] == (1,) and _compatible(true_shape, pred_shape[:-1])
+        )
+        if not _is_keras_loss(loss):
+            # A user's own loss may take class ids: one axis fewer, or a
+            # trailing 1 (`labels_are_class_ids` then masks them as such).
+            fits = fits or _compatible(true_shape, pred_shape[:-1]) or _compatible(
+                true_shape, pred_shape[:-1] + (1,))
         hint = f"labels of shape {_show(pred_shape, batch)}"
     if not fits:
         raise ValueError(
@@ -268,9 +278,12 @@ def check_class_ids(task: str, loss, y_true, y_pred):
     import tensorflow as tf
 
     invalid = invalid_class_ids(y_true, present_mask(y_true, True), num_classes)
-    flat_invalid = ops.reshape(invalid, (-1,))
-    first = ops.argmax(ops.cast(flat_invalid, "int32"))
-    offending = ops.take(ops.reshape(y_true, (-1,)), first)
+    # One False / 0 appended: an empty batch still has an element to show.
+    flat_invalid = ops.concatenate(
+        [ops.reshape(invalid, (-1,)), ops.zeros((1,), "bool")])
+    flat_labels = ops.concatenate(
+        [ops.reshape(y_true, (-1,)), ops.zeros((1,), y_true.dtype)])
+    offending = ops.take(flat_labels, ops.argmax(ops.cast(flat_invalid, "int32")))
     check = tf.debugging.Assert(
         ops.logical_not(ops.any(flat_invalid)),
         [f"{_LABEL_ERROR[0]}Task '{task}': got class id", offending,

@@ -58,3 +58,9 @@ class LambdaTaskWeights(TaskWeightCallback):
     def get_config(self) -> dict:
         return {"fn": keras.saving.serialize_keras_object(self.fn),
                 **super().get_config()}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
+        return cls(**config)

@@ -284,6 +284,10 @@ class TaskWeightCallback(keras.callbacks.Callback):
             "reset_each_epoch": self.reset_each_epoch,
         }
 
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
 
 def check_task_weights(weights, task_names, source: str) -> list[float]:
     """`weights` (`{task: w}`) as a list in task order, or a ValueError

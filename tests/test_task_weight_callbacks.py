@@ -202,6 +202,29 @@ def test_lambda_sees_its_history():
     np.testing.assert_allclose(calls[3][2], [[1, 11], [2, 12], [3, 13]])
 
 
+def test_batch_observations_are_the_losses_of_each_step():
+    """In a real fit, a batch rule sees each step's own task losses (the
+    model is frozen, lr 0, so each batch's loss can be recomputed)."""
+    model = _network()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSSES,
+                  run_eagerly=True)
+    seen = []
+
+    def rule(step, history):
+        if history.count:
+            seen.append(history.values[-1].copy())
+        return history.ones()
+
+    x, y = _data(56)  # batches of 16, 16, 16 and 8
+    model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0,
+              callbacks=[LambdaTaskWeights(rule, frequency="batch")])
+    want = [model.compute_task_losses({t: v[i:i + 16] for t, v in y.items()},
+                                      model(x[i:i + 16])).numpy()
+            for i in range(0, 56, 16)]
+    np.testing.assert_allclose(seen, want, rtol=1e-5)
+    assert np.ptp(np.array(want)[:, 0]) > 1e-3  # the batches differ
+
+
 def test_a_different_rule_starts_a_fresh_history():
     model = _compiled()
     _drive(DynamicWeightAverage(), [[{"a_loss": 1.0, "b_loss": 2.0}]] * 3,
@@ -347,13 +370,17 @@ def test_discovery_finds_the_built_in_rules():
     assert set(FACTORIES) <= set(CLASSES)
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_every_task_weight_callback_resumes_exactly(cls, tmp_path):
+def _factory(cls):
     assert cls in FACTORIES, (
         f"{cls.__name__} is a TaskWeightCallback without a factory in "
         "tests/test_task_weight_callbacks.py FACTORIES: add one, so that its "
         "resume is tested.")
-    factory = FACTORIES[cls]
+    return FACTORIES[cls]
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_task_weight_callback_resumes_exactly(cls, tmp_path):
+    factory = _factory(cls)
     want_model = _compiled()
     want_history = _fit(want_model, [factory()])
     want = [v.numpy() for v in want_model.weights]
@@ -389,7 +416,7 @@ def test_every_task_weight_callback_resumes_exactly(cls, tmp_path):
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_every_task_weight_callback_has_a_config(cls):
-    callback = FACTORIES[cls]()
+    callback = _factory(cls)()
     config = callback.get_config()
     assert type(callback).from_config(config).get_config() == config
 

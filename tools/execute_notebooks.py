@@ -46,6 +46,9 @@ def execute(path: pathlib.Path, quick: bool, timeout: int) -> None:
     notebook = nbformat.read(path, as_version=4)
     os.environ["MTL_KERAS_QUICK"] = "1" if quick else "0"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The kernel imports mtl_keras from this checkout, not an installed copy.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     client = NotebookClient(
         notebook, timeout=timeout, kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},

@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import os
 import pathlib
+import re
 import sys
 
 import nbformat
@@ -30,6 +31,11 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 STAMP_KEY = "mtl_keras"
+# TensorFlow's C++ start-up lines (oneDNN, CUDA probing) that it prints to
+# stderr whatever the log level; they say nothing about the notebook.
+_TF_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\).*"
+    r"|[IWE]\d{4} [\d:.]+\s+\d+ [\w./]+:\d+\] .*)$")
 
 
 def code_hash(notebook) -> str:
@@ -40,6 +46,23 @@ def code_hash(notebook) -> str:
             digest.update(cell.source.strip().encode("utf-8"))
             digest.update(b"\0")
     return digest.hexdigest()
+
+
+def drop_tensorflow_noise(notebook) -> None:
+    """Removes TensorFlow's C++ start-up lines from the stderr outputs."""
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                lines = output.text.splitlines(keepends=True)
+                output.text = "".join(
+                    line for line in lines if not _TF_NOISE.match(line.rstrip("\n")))
+                if not output.text.strip():
+                    continue
+            kept.append(output)
+        cell.outputs = kept
 
 
 def execute(path: pathlib.Path, quick: bool, timeout: int) -> None:
@@ -54,6 +77,7 @@ def execute(path: pathlib.Path, quick: bool, timeout: int) -> None:
         resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()
+    drop_tensorflow_noise(notebook)
     notebook.metadata[STAMP_KEY] = {
         "code_sha256": code_hash(notebook),
         "mode": "quick (MTL_KERAS_QUICK=1)" if quick else "full (MTL_KERAS_QUICK=0)",

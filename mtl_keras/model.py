@@ -426,9 +426,10 @@ class MultiTaskModel(keras.Model):
 
     def _apply_if(self, finite, grads) -> None:
         trainable = self.trainable_variables
-        if gradients.num_replicas() > 1:
+        if tf.distribute.has_strategy():
             # optimizer.apply merges replicas, which cannot happen inside a
-            # cond: zero the update instead (moments still decay one step).
+            # cond (under any strategy, one replica included): zero the
+            # update instead (moments still decay one step).
             grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
                      for g in grads]
             self.optimizer.apply(grads, trainable)

@@ -82,8 +82,10 @@ def test_wheel_runs_the_demo_from_a_fresh_environment(dist, tmp_path):
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     wheel = next(dist.glob("*.whl"))
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
-          str(wheel)], timeout=180)
+    # --ignore-installed: a copy of mtl_keras in the system site-packages
+    # (same version, e.g. CI's `pip install .`) must not satisfy the install.
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-index",
+          "--ignore-installed", "--quiet", str(wheel)], timeout=180)
 
     # Run outside the checkout so that nothing imports it from the cwd.
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -7,10 +7,23 @@ Build one functional model with a shared trunk and named task heads
 
 import importlib
 
-from mtl_keras import balancers, callbacks
-from mtl_keras.model import MultiTaskModel
-from mtl_keras.task_losses import MISSING_LABEL
-from mtl_keras.task_weights import TaskWeights
+import keras
+
+#: The Keras backends `mtl_keras` runs on.
+SUPPORTED_BACKENDS = ("tensorflow",)
+
+if keras.backend.backend() not in SUPPORTED_BACKENDS:
+    raise ImportError(
+        f"mtl_keras runs on the Keras backend(s) {', '.join(SUPPORTED_BACKENDS)}; "
+        f"this process uses '{keras.backend.backend()}' (KERAS_BACKEND). Set "
+        "KERAS_BACKEND=tensorflow before importing keras, or leave it unset."
+    )
+
+from mtl_keras import balancers, callbacks  # noqa: E402
+from mtl_keras.masked_metric import MaskedMetric  # noqa: E402
+from mtl_keras.model import MultiTaskModel  # noqa: E402
+from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
+from mtl_keras.task_weights import TaskWeights  # noqa: E402
 
 __version__ = "0.2.0"
 
@@ -28,6 +41,8 @@ def __getattr__(name):
 
 __all__ = [
     "MISSING_LABEL",
+    "SUPPORTED_BACKENDS",
+    "MaskedMetric",
     "MultiTaskModel",
     "TaskWeights",
     "balancers",

@@ -102,20 +102,27 @@ def task_jacobian(tape, task_losses, targets, method: str = "loop"):
     return tf.stack(rows)
 
 
-def diagnostic_names(task_names) -> list[str]:
-    """Log names of the Gramian diagnostics, in `diagnostics` order."""
-    norms = [f"grad_norm_{t}" for t in task_names]
-    cosines = [f"grad_cos_{a}_{b}" for a, b in itertools.combinations(task_names, 2)]
-    return norms + cosines
+def diagnostic_names(task_names, cosines: bool = True) -> list[str]:
+    """Log names of the Gramian diagnostics, in `diagnostics` order.
+
+    Cosines are named `grad_cos_<a>/<b>`: task names are layer names, which
+    cannot contain "/", so the pair is unambiguous (`left_eye`, `left`).
+    """
+    names = [f"grad_norm_{t}" for t in task_names]
+    if cosines:
+        names += [f"grad_cos_{a}/{b}" for a, b in itertools.combinations(task_names, 2)]
+    return names
 
 
-def diagnostics(gramian) -> list:
-    """Per-task gradient norms, then pairwise cosines, from the Gramian."""
+def diagnostics(gramian, cosines: bool = True) -> list:
+    """Per-task gradient norms, then (if `cosines`) the pairwise cosines,
+    read from the Gramian."""
     gramian = ops.cast(gramian, "float32")
     squared_norms = ops.diagonal(gramian)
     norms = ops.sqrt(ops.maximum(squared_norms, 0.0))
     num_tasks = gramian.shape[0]
     values = [norms[k] for k in range(num_tasks)]
-    for a, b in itertools.combinations(range(num_tasks), 2):
-        values.append(ops.divide_no_nan(gramian[a, b], norms[a] * norms[b]))
+    if cosines:
+        for a, b in itertools.combinations(range(num_tasks), 2):
+            values.append(ops.divide_no_nan(gramian[a, b], norms[a] * norms[b]))
     return values

@@ -10,6 +10,7 @@ broken entry point, fails here rather than on a user's machine. No network:
 
 from __future__ import annotations
 
+import configparser
 import email.parser
 import importlib.util
 import os
@@ -32,6 +33,12 @@ pytestmark = pytest.mark.skipif(
 def _version() -> str:
     text = (ROOT / "mtl_keras" / "__init__.py").read_text(encoding="utf-8")
     return re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.MULTILINE).group(1)
+
+
+def _py_modules() -> list[str]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return config.get("options", "py_modules", fallback="").split()
 
 
 def _run(command, **kwargs) -> subprocess.CompletedProcess:
@@ -70,10 +77,11 @@ def test_sdist_and_wheel_carry_the_version_and_pass_twine(dist):
     assert metadata["Version"] == version
     assert metadata["License"] == "Apache-2.0"
     assert any(name.endswith("LICENSE") for name in names), "no LICENSE in the wheel"
-    assert "mtl-keras = mtl_keras.cli:main" in entry_points
-    packaged = {name for name in names if name.startswith("mtl_keras/")}
+    assert re.search(r"^mtl-keras = \w+(\.\w+)*:main$", entry_points, re.MULTILINE)
+    packaged = set(names)
     source = {path.relative_to(ROOT).as_posix()
               for path in (ROOT / "mtl_keras").rglob("*.py")}
+    source |= {f"{module}.py" for module in _py_modules()}
     assert source - packaged == set(), "modules missing from the wheel"
 
 
@@ -97,7 +105,11 @@ def test_wheel_runs_the_demo_from_a_fresh_environment(dist, tmp_path):
         f"mtl_keras was imported from {where[0]}, not from the installed wheel")
     assert where[1] == _version()
 
-    demo = _run([env_dir / "bin" / "mtl-keras", "demo", "--epochs", "1",
+    command = env_dir / "bin" / "mtl-keras"
+    version = _run([command, "--version"], cwd=tmp_path, env=environment,
+                   timeout=60).stdout
+    assert _version() in version, version
+    demo = _run([command, "demo", "--epochs", "1",
                  "--train-size", "128", "--batch-size", "64"],
                 cwd=tmp_path, env=environment, timeout=300)
     assert "task" in demo.stdout and "cls" in demo.stdout, demo.stdout[-2000:]

@@ -92,10 +92,11 @@ class Balancer(keras.layers.Layer):
             self.build_for_tasks(config["task_names"])
 
     def _state_variables(self) -> list:
-        # Keras layers save only their own weights; a balancer's random
-        # streams (RLW, PCGrad's order, GradDrop) must resume too.
-        seed_states = [generator.state for generator in self._seed_generators]
-        return self._trainable_variables + self._non_trainable_variables + seed_states
+        # Keras layers save only their weights; a balancer's random streams
+        # (RLW, PCGrad's order, GradDrop) must resume too. `variables` is the
+        # public list of all layer state, seed generators' included (in the
+        # order weights, then seeds; balancers have no sublayers).
+        return list(self.variables)
 
     def save_own_variables(self, store):
         for i, variable in enumerate(self._state_variables()):

@@ -109,16 +109,32 @@ class ChecksumError(ValueError):
 # --- Reading the official files ----------------------------------------------------
 
 
-def default_data_dir() -> pathlib.Path:
-    """The MNIST folder used when `data_dir` is None.
+def keras_home() -> pathlib.Path:
+    """Keras' own folder: `$KERAS_HOME`, else `~/.keras`."""
+    return pathlib.Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
 
-    `$MTL_KERAS_MNIST_DIR` when set, else `~/.keras/datasets/mnist` (where
-    `keras.datasets` keeps its downloads).
+
+def default_data_dir() -> pathlib.Path:
+    """The folder of the four MNIST IDX files used when `data_dir` is None.
+
+    `$MTL_KERAS_MNIST_DIR` when set, else `<keras home>/datasets/mnist`
+    (`download_mnist` puts the files there). `load_mnist` also reads the
+    `mnist.npz` that `keras.datasets.mnist.load_data()` keeps in
+    `<keras home>/datasets/` when that folder lacks the IDX files.
     """
     from_env = os.environ.get(ENV_VAR)
     if from_env:
         return pathlib.Path(from_env).expanduser()
-    return pathlib.Path("~/.keras/datasets/mnist").expanduser()
+    return keras_home() / "datasets" / "mnist"
+
+
+def keras_mnist_npz() -> pathlib.Path:
+    """Where `keras.datasets.mnist.load_data()` keeps `mnist.npz`."""
+    return keras_home() / "datasets" / "mnist.npz"
+
+
+#: sha256 of Keras' `mnist.npz` (the `file_hash` of keras.datasets.mnist).
+KERAS_MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -164,10 +180,29 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _missing_files_message(folder: pathlib.Path, missing: list[str]) -> str:
     return (
         f"MNIST files {missing} not found in {folder} (looked in `data_dir`, else "
-        f"${ENV_VAR}, else ~/.keras/datasets/mnist). Put the four official files "
-        f"{sorted(MNIST_MD5)} there (from {MNIST_URLS[0]} or {MNIST_URLS[1]}), point "
-        f"${ENV_VAR} or `data_dir` at a folder that has them, or pass download=True."
+        f"${ENV_VAR}, else {default_data_dir()} and then {keras_mnist_npz()}). "
+        f"Put the four official files {sorted(MNIST_MD5)} there (from "
+        f"{MNIST_URLS[0]} or {MNIST_URLS[1]}), point ${ENV_VAR} or `data_dir` at "
+        "a folder that has them, run keras.datasets.mnist.load_data() once, or "
+        "pass download=True."
     )
+
+
+def _read_keras_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The arrays of Keras' `mnist.npz`, after checking its sha256."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != KERAS_MNIST_SHA256:
+        raise ChecksumError(
+            f"{path} is not Keras' mnist.npz: sha256 {digest}, expected "
+            f"{KERAS_MNIST_SHA256}. Delete it and run "
+            "keras.datasets.mnist.load_data() again."
+        )
+    with np.load(path, allow_pickle=False) as arrays:
+        loaded = {"train_images": arrays["x_train"], "train_labels": arrays["y_train"],
+                  "test_images": arrays["x_test"], "test_labels": arrays["y_test"]}
+    for array in loaded.values():
+        array.setflags(write=False)
+    return loaded
 
 
 def _fetch_url(url: str) -> bytes:
@@ -235,6 +270,12 @@ def load_mnist(
 ) -> dict[str, np.ndarray]:
     """Reads the four official MNIST files, after checking their md5.
 
+    Where it looks: `data_dir` when given; else `$MTL_KERAS_MNIST_DIR` when
+    set; else `<keras home>/datasets/mnist/` (`~/.keras` unless
+    `$KERAS_HOME` says otherwise) for the IDX files and, when they are not
+    there, the `mnist.npz` that `keras.datasets.mnist.load_data()` keeps in
+    `<keras home>/datasets/` (sha256-checked; the same images and labels).
+
     Args:
         data_dir: folder of the files; defaults to `default_data_dir()`.
         download: fetch missing files from the official address first.
@@ -251,6 +292,9 @@ def load_mnist(
     if download:
         download_mnist(folder)
     missing = [name for name in MNIST_MD5 if not (folder / name).is_file()]
+    if missing and not data_dir and not os.environ.get(ENV_VAR):
+        if keras_mnist_npz().is_file():
+            return _read_keras_npz(keras_mnist_npz())
     if missing:
         raise FileNotFoundError(_missing_files_message(folder, missing))
     stamps = tuple(

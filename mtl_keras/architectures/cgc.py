@@ -92,18 +92,22 @@ class CGC(keras.layers.Layer):
             self.shared_gate = make_gate(self.gate, every, "shared_gate",
                                          self.dtype_policy)
 
+    def _check_count(self, count: int) -> None:
+        if count != self.num_tasks + 1:
+            raise ValueError(
+                f"CGC '{self.name}' takes one tensor or a list of "
+                f"{self.num_tasks + 1} (one per task, then the shared one), "
+                f"got {count}.")
+
     def _split(self, inputs):
         if isinstance(inputs, (list, tuple)):
-            if len(inputs) != self.num_tasks + 1:
-                raise ValueError(
-                    f"CGC '{self.name}' takes one tensor or a list of "
-                    f"{self.num_tasks + 1} (one per task, then the shared one), "
-                    f"got {len(inputs)}.")
+            self._check_count(len(inputs))
             return list(inputs[:-1]), inputs[-1]
         return [inputs] * self.num_tasks, inputs
 
     def build(self, input_shape):
         if isinstance(input_shape, list) and isinstance(input_shape[0], (list, tuple)):
+            self._check_count(len(input_shape))
             task_shapes, shared_shape = input_shape[:-1], input_shape[-1]
         else:
             task_shapes, shared_shape = [input_shape] * self.num_tasks, input_shape

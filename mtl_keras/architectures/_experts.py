@@ -42,8 +42,15 @@ class ExpertGroup(keras.layers.Layer):
             fan_in = fan_out
 
     def call(self, inputs):
-        x = ops.einsum("...i,eij->...ej", inputs, self.kernels[0]) + self.biases[0]
-        x = self.activation(x)
+        # First layer as one matmul against the experts' kernels side by side
+        # (much faster than a batched einsum on CPU).
+        kernel = self.kernels[0]
+        fan_in, fan_out = kernel.shape[1], kernel.shape[2]
+        wide = ops.reshape(ops.transpose(kernel, (1, 0, 2)),
+                           (fan_in, self.num_experts * fan_out))
+        x = ops.matmul(inputs, wide)
+        x = ops.reshape(x, (*ops.shape(x)[:-1], self.num_experts, fan_out))
+        x = self.activation(x + self.biases[0])
         for kernel, bias in zip(self.kernels[1:], self.biases[1:]):
             x = self.activation(ops.einsum("...ei,eij->...ej", x, kernel) + bias)
         return x

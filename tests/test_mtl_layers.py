@@ -4,6 +4,7 @@ equivalence, shared-variable detection), plus hand-checked values."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -401,3 +402,11 @@ def test_mmoe_mirrored_step_equals_single_device_step(tmp_path):
     assert half > 0
     for mirrored, single in zip(arrays[:half], arrays[half:]):
         np.testing.assert_allclose(mirrored, single, rtol=1e-5, atol=1e-6)
+
+
+def test_readme_architectures_example_runs(capsys):
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Multi-task architectures", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(compile(block, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "2"

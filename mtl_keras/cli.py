@@ -192,6 +192,10 @@ def add_compare_parser(subparsers) -> None:
                         help="Adam's learning rate")
     parser.add_argument("--data-dir", default=None,
                         help="multi_mnist: folder of the MNIST files")
+    parser.add_argument("--architecture", default="hard",
+                        choices=["hard", "mmoe", "mtan"],
+                        help="how the heads share the trunk: hard sharing, an "
+                             "MMoE layer or MTAN attention masks")
     parser.add_argument("--out", default=None, help="write the table as Markdown")
     parser.add_argument("--plot", default=None, help="draw the comparison (PNG)")
     parser.add_argument("--log", default=None,
@@ -217,6 +221,7 @@ def run_compare(args) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         data_dir=args.data_dir, log_path=args.log, resume=args.resume,
         progress=lambda line: print(line, flush=True),
+        architecture=args.architecture,
     )
     table = result.to_markdown()
     print()

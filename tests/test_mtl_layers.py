@@ -410,3 +410,45 @@ def test_readme_architectures_example_runs(capsys):
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
     exec(compile(block, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "2"
+
+
+# ------------------------------------------ reference networks and compare
+
+
+@pytest.mark.parametrize("architecture", ["mmoe", "mtan"])
+def test_reference_networks_take_an_architecture(architecture):
+    hard = architectures.shapes_network(image_size=16, width=4)
+    soft = architectures.shapes_network(image_size=16, width=4,
+                                        architecture=architecture)
+    assert soft.output_shape == hard.output_shape
+    layer = soft.get_layer(architecture)
+    assert isinstance(layer, {"mmoe": MMoE, "mtan": MTANAttention}[architecture])
+    # The trunk stays the shared tensor; the layer's task parts are heads.
+    assert _paths(soft.shared_variables) == _paths(hard.shared_variables)
+    reach = architectures.variables_by_task(soft)
+    own = {task: {v.path for v in reach[task] if v.path.startswith(architecture)}
+           for task in soft.task_names}
+    mnist = architectures.multi_mnist_lenet(architecture=architecture)
+    assert mnist.output_shape == architectures.multi_mnist_lenet().output_shape
+    if architecture == "mtan":  # one mask per task, reaching only that task
+        assert not own["cls"] & own["seg"]
+    with pytest.raises(ValueError, match="Unknown architecture 'moe'"):
+        architectures.shapes_network(architecture="moe")
+
+
+def test_compare_cli_passes_the_architecture(monkeypatch):
+    from mtl_keras import cli, compare
+
+    seen = {}
+
+    def fake_compare(data, methods, **kwargs):
+        seen.update(kwargs, data=data)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(compare, "compare", fake_compare)
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--balancers", "ew", "--architecture", "mtan"])
+    assert seen["architecture"] == "mtan"
+    data = compare.load_data("shapes", train_size=8, test_size=8,
+                             architecture="mmoe")
+    assert isinstance(data.build_model(("cls",)).get_layer("mmoe"), MMoE)

@@ -39,12 +39,14 @@ from mtl_keras.architectures.mmoe import MMoE
 from mtl_keras.architectures.mtan import MTANAttention
 from mtl_keras.architectures.ple import PLE
 from mtl_keras.architectures.reference import (  # noqa: F401 (used by tests)
+    ARCHITECTURES,
     MULTI_MNIST_TASKS,
     _build_multi_mnist_lenet,
     _build_shapes,
     multi_mnist_lenet,
     shapes,
     shapes_network,
+    task_features,
 )
 from mtl_keras.architectures.sharing import (
     count_parameters,
@@ -60,6 +62,7 @@ LAYERS = tuple(sorted(
     key=lambda cls: cls.__name__))
 
 __all__ = [
+    "ARCHITECTURES",
     "CGC",
     "LAYERS",
     "MMoE",
@@ -75,5 +78,6 @@ __all__ = [
     "shapes_network",
     "shared_variables",
     "smooth_step",
+    "task_features",
     "variables_by_task",
 ]

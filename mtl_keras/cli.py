@@ -127,6 +127,9 @@ def add_tune_parser(subparsers) -> None:
     parser.add_argument("--weights", default="log_uniform",
                         choices=["log_uniform", "simplex", "none"],
                         help="how the task weights are searched")
+    parser.add_argument("--architectures", default=None,
+                        help="comma-separated architectures to choose from "
+                             "(hard, mmoe, mtan; default: hard)")
     parser.add_argument("--directory", default="mtl_tuning",
                         help="where KerasTuner keeps the trials")
     parser.add_argument("--overwrite", action="store_true",
@@ -158,6 +161,7 @@ def run_tune(args) -> int:
         overwrite=args.overwrite,
         logdir=args.logdir,
         verbose=2,
+        architectures=args.architectures.split(",") if args.architectures else None,
     )
     print()
     print(result.summary())

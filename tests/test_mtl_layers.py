@@ -452,3 +452,18 @@ def test_compare_cli_passes_the_architecture(monkeypatch):
     data = compare.load_data("shapes", train_size=8, test_size=8,
                              architecture="mmoe")
     assert isinstance(data.build_model(("cls",)).get_layer("mmoe"), MMoE)
+
+
+def test_tuning_can_choose_the_architecture():
+    import keras_tuner as kt
+
+    from mtl_keras import tuning
+
+    hp = kt.HyperParameters()
+    build = tuning.shapes_builder(["hard", "mtan"])
+    assert "mtan" not in [layer.name for layer in build(hp).layers]
+    assert hp.values["architecture"] == "hard"
+    hp.values["architecture"] = "mtan"
+    assert isinstance(build(hp).get_layer("mtan"), MTANAttention)
+    with pytest.raises(ValueError, match="Unknown architectures"):
+        tuning.shapes_builder(["cross"])

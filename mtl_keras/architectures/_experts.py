@@ -33,9 +33,12 @@ class ExpertGroup(keras.layers.Layer):
         self.kernels, self.biases = [], []
         fan_in = int(input_shape[-1])
         for index, fan_out in enumerate(self.units):
+            # Glorot uniform for each expert as its own Dense layer (Keras'
+            # GlorotUniform on a 3-D shape would count E in both fans).
+            limit = (6.0 / (fan_in + fan_out)) ** 0.5
             self.kernels.append(self.add_weight(
                 name=f"kernel_{index}", shape=(self.num_experts, fan_in, fan_out),
-                initializer=keras.initializers.GlorotUniform()))
+                initializer=keras.initializers.RandomUniform(-limit, limit)))
             self.biases.append(self.add_weight(
                 name=f"bias_{index}", shape=(self.num_experts, fan_out),
                 initializer="zeros"))

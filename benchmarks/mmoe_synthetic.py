@@ -45,6 +45,7 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's mtl_keras
 CORRELATIONS = (0.5, 0.9, 1.0)
 MODELS = ("shared_bottom", "omoe", "mmoe", "ple", "mmoe+pcgrad")
+NOTES_MARKER = "<!-- notes -->"  # text below it survives a rewrite
 DIM, NUM_SINES, SCALE, NOISE_VARIANCE = 100, 10, 1.0, 0.01
 NUM_EXPERTS, EXPERT_UNITS, TOWER_UNITS = 8, 16, 8
 
@@ -150,15 +151,17 @@ def _cell(stats) -> str:
     return f"{stats[0]:.3f} ± {stats[1]:.3f}"
 
 
-def write_report(records: list[dict], args, command: str, load: str) -> str:
+def write_report(records: list[dict], args, command: str, load: str,
+                 date: str | None = None) -> str:
     table = summarise(records)
+    date = date or f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     lines = [
         "# MMoE synthetic experiment (Ma et al., KDD 2018, section 3.2)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other "
         f"jobs, pinned to one core; load before the run: `{load}`  ",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ",
+        f"Date: {date}  ",
         f"Data: d = {DIM}, c = {SCALE}, m = {NUM_SINES}, α, β ~ N(0, 1), noise "
         f"variance {NOISE_VARIANCE}; {args.train_size} training and {args.test_size} "
         f"held-out examples per (p, seed); {args.epochs} epochs, batch "
@@ -182,6 +185,8 @@ def write_report(records: list[dict], args, command: str, load: str) -> str:
             seeds, params = stats["seeds"], stats["params"]
         lines.append(f"| {kind} | {params} | " + " | ".join(cells) + f" | {seeds} |")
     lines += ["", *verdict(table)]
+    if args.notes:
+        lines += ["", NOTES_MARKER, args.notes.rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -197,8 +202,9 @@ def verdict(table) -> list[str]:
         out.append(
             f"- p = {p}: MMoE {means['mmoe']:.3f}, OMoE {means['omoe']:.3f}, "
             f"Shared-Bottom {means['shared_bottom']:.3f}: MMoE ≤ OMoE ≤ "
-            f"Shared-Bottom {'holds' if order else 'does NOT hold'}; gap "
-            f"Shared-Bottom − MMoE = {means['shared_bottom'] - means['mmoe']:.3f}.")
+            f"Shared-Bottom {'holds' if order else 'does NOT hold'}; gaps "
+            f"OMoE − MMoE = {means['omoe'] - means['mmoe']:+.3f}, "
+            f"Shared-Bottom − MMoE = {means['shared_bottom'] - means['mmoe']:+.3f}.")
     return out
 
 
@@ -242,6 +248,10 @@ def main(argv=None) -> None:
     load = open("/proc/loadavg").read().strip() if os.path.exists(
         "/proc/loadavg") else "unknown"
     args.out.mkdir(parents=True, exist_ok=True)
+    report_path = args.out / "mmoe_synthetic.md"
+    args.notes = ""
+    if report_path.exists() and NOTES_MARKER in report_path.read_text():
+        args.notes = report_path.read_text().split(NOTES_MARKER, 1)[1].strip()
     runs_path = args.out / "mmoe_synthetic_runs.jsonl"
     records = []
     if args.resume and runs_path.exists():
@@ -261,7 +271,7 @@ def main(argv=None) -> None:
                 print(f"{kind:14s} p={p} seed={seed}: train {record['train_loss']:.4f}"
                       f" test {record['test_loss']:.4f} ({record['seconds']:.1f} s)",
                       flush=True)
-                (args.out / "mmoe_synthetic.md").write_text(
+                report_path.write_text(
                     write_report(records, args, command, load))
     plot(records, args.out / "mmoe_synthetic.png")
 

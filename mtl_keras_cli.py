@@ -132,6 +132,9 @@ def add_tune_parser(subparsers) -> None:
     parser.add_argument("--weights", default="log_uniform",
                         choices=["log_uniform", "simplex", "none"],
                         help="how the task weights are searched")
+    parser.add_argument("--architectures", default=None,
+                        help="comma-separated architectures to choose from "
+                             "(hard, mmoe, mtan; default: hard)")
     parser.add_argument("--directory", default="mtl_tuning",
                         help="where KerasTuner keeps the trials")
     parser.add_argument("--overwrite", action="store_true",
@@ -163,6 +166,7 @@ def run_tune(args) -> int:
         overwrite=args.overwrite,
         logdir=args.logdir,
         verbose=2,
+        architectures=args.architectures.split(",") if args.architectures else None,
     )
     print()
     print(result.summary())
@@ -197,6 +201,10 @@ def add_compare_parser(subparsers) -> None:
                         help="Adam's learning rate")
     parser.add_argument("--data-dir", default=None,
                         help="multi_mnist: folder of the MNIST files")
+    parser.add_argument("--architecture", default="hard",
+                        choices=["hard", "mmoe", "mtan"],
+                        help="how the heads share the trunk: hard sharing, an "
+                             "MMoE layer or MTAN attention masks")
     parser.add_argument("--out", default=None, help="write the table as Markdown")
     parser.add_argument("--plot", default=None, help="draw the comparison (PNG)")
     parser.add_argument("--log", default=None,
@@ -222,6 +230,7 @@ def run_compare(args) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         data_dir=args.data_dir, log_path=args.log, resume=args.resume,
         progress=lambda line: print(line, flush=True),
+        architecture=args.architecture,
     )
     table = result.to_markdown()
     print()

@@ -85,6 +85,7 @@ def load_data(
     train_size: int | None = None,
     test_size: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    architecture: str = "hard",
 ) -> BenchmarkData:
     """Loads a benchmark by name. The data are drawn with seed 0 whatever the
     training seed, so every run sees the same examples.
@@ -99,16 +100,21 @@ def load_data(
             split, 1024 for shapes, 10,000 for MultiMNIST).
         data_dir: MultiMNIST only: the folder of the MNIST files (see
             `mtl_keras.datasets.multi_mnist`).
+        architecture: how the heads share the trunk, one of
+            `mtl_keras.architectures.ARCHITECTURES` ("hard", "mmoe", "mtan").
     """
     test_size = test_size or _DEFAULT_TEST_SIZE.get(name)
+    if architecture not in architectures.ARCHITECTURES:
+        raise ValueError(f"Unknown architecture {architecture!r}; expected one of "
+                         f"{architectures.ARCHITECTURES}.")
     if name == "shapes":
-        return _shapes_data(train_size, test_size)
+        return _shapes_data(train_size, test_size, architecture)
     if name == "multi_mnist":
-        return _multi_mnist_data(train_size, test_size, data_dir)
+        return _multi_mnist_data(train_size, test_size, data_dir, architecture)
     raise ValueError(f"Unknown data {name!r}; expected 'shapes' or 'multi_mnist'.")
 
 
-def _shapes_data(train_size, test_size) -> BenchmarkData:
+def _shapes_data(train_size, test_size, architecture="hard") -> BenchmarkData:
     from mtl_keras import demo
     from mtl_keras.datasets import shapes
 
@@ -118,13 +124,15 @@ def _shapes_data(train_size, test_size) -> BenchmarkData:
         headline=dict(demo.SHAPES_HEADLINE),
         train=shapes.load_numpy("train", train_size),
         test=shapes.load_numpy("test", test_size),
-        build_model=lambda tasks: architectures.shapes_network(tasks=tasks),
+        build_model=lambda tasks: architectures.shapes_network(
+            tasks=tasks, architecture=architecture),
         losses=dict(demo.SHAPES_LOSSES),
         make_metrics=demo.shapes_metrics,
     )
 
 
-def _multi_mnist_data(train_size, test_size, data_dir) -> BenchmarkData:
+def _multi_mnist_data(train_size, test_size, data_dir,
+                      architecture="hard") -> BenchmarkData:
     from mtl_keras.datasets import multi_mnist
 
     def make_metrics(tasks):
@@ -138,7 +146,8 @@ def _multi_mnist_data(train_size, test_size, data_dir) -> BenchmarkData:
         headline={task: ("accuracy", True) for task in multi_mnist.TASKS},
         train=multi_mnist.load_numpy("train", data_dir, num_examples=train_size),
         test=multi_mnist.load_numpy("test", data_dir, num_examples=test_size),
-        build_model=lambda tasks: architectures.multi_mnist_lenet(tasks=tasks),
+        build_model=lambda tasks: architectures.multi_mnist_lenet(
+            tasks=tasks, architecture=architecture),
         losses={task: loss for task in multi_mnist.TASKS},
         make_metrics=make_metrics,
     )
@@ -532,6 +541,7 @@ def compare(
     resume: bool = False,
     progress: Callable[[str], None] | None = print,
     on_record: Callable[[CompareResult], None] | None = None,
+    architecture: str = "hard",
 ) -> CompareResult:
     """Trains every method and the single-task baselines, seed by seed.
 
@@ -550,6 +560,8 @@ def compare(
         progress: called with one line per finished run; None for silence.
         on_record: called with the result so far after every finished run
             (e.g. to rewrite a partial report).
+        architecture: how the heads share the trunk when `data` is a name
+            (see `load_data`); every method and baseline uses it.
 
     Returns:
         A `CompareResult`.
@@ -557,12 +569,14 @@ def compare(
     methods = check_methods(methods)
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if isinstance(data, str):
-        data = load_data(data, train_size, test_size, data_dir)
+        data = load_data(data, train_size, test_size, data_dir, architecture)
     settings = {
         "data": data.name, "epochs": int(epochs), "batch_size": int(batch_size),
         "train_size": len(data.train[0]), "test_size": len(data.test[0]),
         "optimizer": f"Adam(learning_rate={learning_rate})",
     }
+    if architecture != "hard":  # logs of hard sharing stay resumable
+        settings["architecture"] = architecture
     records = _resumed(log_path, settings) if resume else []
     result = CompareResult(data.name, data.tasks, data.headline, methods,
                            records, settings)

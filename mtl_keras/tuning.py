@@ -572,10 +572,13 @@ def search_shapes(
     overwrite: bool = False,
     logdir: str | None = None,
     verbose: int = 1,
+    architectures: Sequence[str] | None = None,
 ) -> SearchResult:
     """`search` on the built-in shapes data (cls + seg + count), scale-free
-    objective; the job behind `mtl-keras tune`."""
-    from mtl_keras import architectures, demo
+    objective; the job behind `mtl-keras tune`. `architectures` (names from
+    `mtl_keras.architectures.ARCHITECTURES`) makes the way the heads share
+    the trunk a hyperparameter, "architecture"; default hard sharing."""
+    from mtl_keras import demo
     from mtl_keras.datasets import shapes
 
     train = shapes.load("train", num_examples=train_size, seed=seed,
@@ -583,12 +586,30 @@ def search_shapes(
     validation = shapes.load("validation", num_examples=validation_size, seed=seed,
                              batch_size=256)
     return search(
-        lambda hp: architectures.shapes_network(),
+        shapes_builder(architectures),
         train, validation, losses=demo.SHAPES_LOSSES, metrics=demo.shapes_metrics,
         tuner=tuner, max_trials=max_trials, epochs=epochs, directory=directory,
         project_name=project_name, seed=seed, overwrite=overwrite,
         balancers=balancers, weights=weights, logdir=logdir, verbose=verbose,
     )
+
+
+def shapes_builder(architectures: Sequence[str] | None = None) -> Callable:
+    """`build_model(hp)` of the shapes network; with several `architectures`
+    the choice among them is the hyperparameter "architecture"."""
+    from mtl_keras import architectures as architectures_lib
+
+    names = list(architectures or ["hard"])
+    unknown = [n for n in names if n not in architectures_lib.ARCHITECTURES]
+    if unknown or not names:
+        raise ValueError(f"Unknown architectures {unknown}; choose among "
+                         f"{architectures_lib.ARCHITECTURES}.")
+
+    def build_model(hp):
+        name = names[0] if len(names) == 1 else hp.Choice("architecture", names)
+        return architectures_lib.shapes_network(architecture=name)
+
+    return build_model
 
 
 # ---------------------------------------------------------------- checks

@@ -27,10 +27,40 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from mtl_keras.architectures.mmoe import MMoE
+from mtl_keras.architectures.mtan import MTANAttention
 from mtl_keras.datasets import shapes
 from mtl_keras.model import MultiTaskModel
 
 MULTI_MNIST_TASKS = ("left", "right")
+
+#: How the reference networks share their trunk's output between the heads:
+#: "hard" (every head reads it), "mmoe" (an `MMoE` of 4 experts, one layer
+#: of the trunk's width each, acting on the last axis: 1x1 convolutions on
+#: feature maps) or "mtan" (an `MTANAttention` mask per task).
+ARCHITECTURES = ("hard", "mmoe", "mtan")
+
+
+def task_features(shared, tasks: Sequence[str], architecture: str = "hard") -> dict:
+    """`{task: the tensor its head reads}` on top of the trunk's output.
+
+    Args:
+        shared: the trunk's output, `(batch, ..., channels)`.
+        tasks: the task names.
+        architecture: one of `ARCHITECTURES`.
+    """
+    tasks = tuple(tasks)
+    if architecture == "hard":
+        return {task: shared for task in tasks}
+    if architecture == "mmoe":
+        towers = MMoE(len(tasks), num_experts=4, expert_units=(shared.shape[-1],),
+                      name="mmoe")(shared)
+    elif architecture == "mtan":
+        towers = MTANAttention(len(tasks), name="mtan")(shared)
+    else:
+        raise ValueError(f"Unknown architecture {architecture!r}; expected one "
+                         f"of {ARCHITECTURES}.")
+    return dict(zip(tasks, towers))
 
 
 def _check_tasks(tasks: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
@@ -57,10 +87,10 @@ def _shapes_trunk(inputs, width: int):
     return x
 
 
-def _shapes_heads(shared, tasks: tuple[str, ...], width: int) -> dict:
+def _shapes_heads(features: dict, tasks: tuple[str, ...], width: int) -> dict:
     heads = {}
     if "cls" in tasks:
-        x = layers.GlobalMaxPooling2D(name="cls_pool")(shared)
+        x = layers.GlobalMaxPooling2D(name="cls_pool")(features["cls"])
         x = layers.Dense(64, activation="relu", name="cls_dense")(x)
         heads["cls"] = layers.Dense(
             shapes.NUM_CLASSES, activation="softmax", name="cls"
@@ -70,7 +100,7 @@ def _shapes_heads(shared, tasks: tuple[str, ...], width: int) -> dict:
         # A 4x4 kernel is a multiple of the stride: no checkerboard artefacts.
         x = layers.Conv2DTranspose(
             2 * width, 4, strides=2, padding="same", activation="relu", name="seg_up1"
-        )(shared)
+        )(features["seg"])
         x = layers.Conv2DTranspose(
             width, 4, strides=2, padding="same", activation="relu", name="seg_up2"
         )(x)
@@ -79,7 +109,7 @@ def _shapes_heads(shared, tasks: tuple[str, ...], width: int) -> dict:
         )(x)
     if "count" in tasks:
         x = layers.Conv2D(width, 3, strides=2, activation="relu", name="count_conv")(
-            shared
+            features["count"]
         )
         x = layers.Flatten(name="count_flatten")(x)
         x = layers.Dense(64, activation="relu", name="count_dense")(x)
@@ -87,14 +117,16 @@ def _shapes_heads(shared, tasks: tuple[str, ...], width: int) -> dict:
     return heads
 
 
-def _build_shapes(image_size: int, tasks: Sequence[str], width: int):
+def _build_shapes(image_size: int, tasks: Sequence[str], width: int,
+                  architecture: str = "hard"):
     """Returns `(inputs, outputs, shared)` of `shapes_network`."""
     tasks = _check_tasks(tasks, shapes.TASKS)
     if image_size % 4:
         raise ValueError(f"image_size must be a multiple of 4, got {image_size}.")
     inputs = keras.Input((image_size, image_size, 3), name="image")
     shared = _shapes_trunk(inputs, width)
-    return inputs, _shapes_heads(shared, tasks, width), shared
+    features = task_features(shared, tasks, architecture)
+    return inputs, _shapes_heads(features, tasks, width), shared
 
 
 def shapes_network(
@@ -102,6 +134,7 @@ def shapes_network(
     tasks: Sequence[str] = shapes.TASKS,
     width: int = 16,
     name: str = "shapes_network",
+    architecture: str = "hard",
 ) -> MultiTaskModel:
     """A small conv net for the synthetic shapes tasks.
 
@@ -129,6 +162,10 @@ def shapes_network(
         tasks: any non-empty subset of `shapes.TASKS`.
         width: number of filters of the first conv; the others scale with it.
         name: the model name.
+        architecture: how the heads share the trunk's output, one of
+            `ARCHITECTURES` ("hard": they all read it; "mmoe", "mtan": through
+            an `MMoE` or `MTANAttention` layer). `shared` stays the trunk's
+            output.
 
     Returns:
         A `MultiTaskModel` with input "image" and one output per task.
@@ -143,11 +180,12 @@ def shapes_network(
     model.fit(mtl_keras.datasets.shapes.load("train", batch_size=64), epochs=5)
     ```
     """
-    inputs, outputs, shared = _build_shapes(image_size, tasks, width)
+    inputs, outputs, shared = _build_shapes(image_size, tasks, width, architecture)
     return MultiTaskModel(inputs, outputs, shared=shared, name=name)
 
 
-def _build_multi_mnist_lenet(tasks: Sequence[str], dropout: float):
+def _build_multi_mnist_lenet(tasks: Sequence[str], dropout: float,
+                             architecture: str = "hard"):
     """Returns `(inputs, outputs, shared)` of `multi_mnist_lenet`."""
     tasks = _check_tasks(tasks, MULTI_MNIST_TASKS)
     inputs = keras.Input((28, 28, 1), name="image")
@@ -162,8 +200,9 @@ def _build_multi_mnist_lenet(tasks: Sequence[str], dropout: float):
     x = layers.Flatten(name="trunk_flatten")(x)
     shared = layers.Dense(50, activation="relu", name="trunk_dense")(x)
     outputs = {}
+    features = task_features(shared, tasks, architecture)
     for task in tasks:
-        x = layers.Dense(50, activation="relu", name=f"{task}_dense")(shared)
+        x = layers.Dense(50, activation="relu", name=f"{task}_dense")(features[task])
         x = layers.Dropout(dropout, name=f"{task}_dropout")(x)
         outputs[task] = layers.Dense(10, activation="softmax", name=task)(x)
     return inputs, outputs, shared
@@ -173,6 +212,7 @@ def multi_mnist_lenet(
     tasks: Sequence[str] = MULTI_MNIST_TASKS,
     dropout: float = 0.5,
     name: str = "multi_mnist_lenet",
+    architecture: str = "hard",
 ) -> MultiTaskModel:
     """The MultiMNIST network of Sener & Koltun (2018), "Multi-Task Learning as
     Multi-Objective Optimization", after their reference implementation.
@@ -186,6 +226,7 @@ def multi_mnist_lenet(
         tasks: any non-empty subset of `("left", "right")`.
         dropout: rate of both dropouts (0.5 as torch's default in the reference).
         name: the model name.
+        architecture: one of `ARCHITECTURES` (see `shapes_network`).
 
     Returns:
         A `MultiTaskModel` with input "image" and one 10-way output per task.
@@ -199,5 +240,5 @@ def multi_mnist_lenet(
     model.fit(mtl_keras.datasets.multi_mnist.load("train", batch_size=256))
     ```
     """
-    inputs, outputs, shared = _build_multi_mnist_lenet(tasks, dropout)
+    inputs, outputs, shared = _build_multi_mnist_lenet(tasks, dropout, architecture)
     return MultiTaskModel(inputs, outputs, shared=shared, name=name)

@@ -12,7 +12,7 @@ from keras import ops
 from keras.src.models.functional import Functional, make_node_key
 
 from mtl_keras import balancers as balancers_lib
-from mtl_keras import gradients
+from mtl_keras import engine
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
 from mtl_keras.task_losses import (
     check_label_dtype,
@@ -256,7 +256,7 @@ class MultiTaskModel(keras.Model):
         self._skipped_steps = keras.metrics.Sum(name="skipped_steps")
         self._diagnostic_trackers = []
         if isinstance(self.balancer, GradientBalancer):
-            names = gradients.diagnostic_names(self.task_names)
+            names = engine.diagnostic_names(self.task_names)
             self._diagnostic_trackers = [mean(name=n) for n in names]
 
     def get_compile_config(self):
@@ -316,7 +316,8 @@ class MultiTaskModel(keras.Model):
         task_losses = self.compute_task_losses(y, y_pred, sample_weight)
         total, balance = self._balanced_total(self.task_weights(task_losses))
         self._update_task_trackers(task_losses, balance)
-        return gradients.scale_for_distribution(total + self._regularization_loss())
+        return engine.backend_module().scale_for_distribution(
+            total + self._regularization_loss())
 
     def _balanced_total(self, weighted_losses):
         """`(total, balance)` for the task-weighted losses and the balancer."""
@@ -360,10 +361,7 @@ class MultiTaskModel(keras.Model):
         return self._distributable_logs(logs)
 
     def train_step(self, data):
-        return self._distributable_logs(self._train_step(data))
-
-    def _train_step(self, data):
-        """One step: a loss-balanced backward pass, or the gradient engine.
+        """One step of the backend's trainer (`mtl_keras.engine`).
 
         A step whose task losses (or, without loss scaling, gradients) are
         not all finite is skipped (no weight, optimizer or balancer update)
@@ -373,173 +371,45 @@ class MultiTaskModel(keras.Model):
         the tasks named.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(self.balancer, GradientBalancer):
-            return self._gradient_train_step(x, y, sample_weight)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            task_losses = self.compute_task_losses(y, y_pred, sample_weight)
-            weighted = self.task_weights(task_losses)
-            total, balance = self._balanced_total(weighted)
-            loss = gradients.scale_for_distribution(total + self._regularization_loss())
-            scaled_loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, self.trainable_variables)
-        finite = self._check_finite(task_losses, self._gradients_finite(grads))
-        self._apply_if(finite, grads)
-        self._track_step(x, loss, task_losses, balance, finite)
-        if getattr(self.balancer, "needs_post_step_losses", False):
-            self._post_step_update(x, y, sample_weight, weighted, finite)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        step = self._trainer.train_step(x, y, sample_weight)
+        finite = self._record_finite(step.finite_tasks)
+        self._track_step(x, step.loss, step.task_losses, step.balance, finite)
+        if step.gramian is not None:
+            for tracker, value in zip(self._diagnostic_trackers,
+                                      engine.diagnostics(step.gramian)):
+                tracker.update_state(
+                    value, sample_weight=ops.cast(step.balanced, "float32"))
+        logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
+        return self._distributable_logs(logs)
 
-    def _gradients_finite(self, grads, axis=None):
-        """Whether the gradients are finite (per row of J with `axis=1`).
+    @property
+    def _trainer(self):
+        """The trainer of the current Keras backend (untracked)."""
+        trainer = self.__dict__.get("_trainer_instance")
+        if trainer is None:
+            trainer = self._make_trainer()
+            object.__setattr__(self, "_trainer_instance", trainer)
+        return trainer
 
-        Under loss scaling, always: the LossScaleOptimizer skips non-finite
-        gradients itself and lowers its scale.
-        """
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            return True
-        if axis is not None:
-            return ops.all(ops.isfinite(grads), axis=axis)
-        return ops.all(ops.stack(
-            [ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+    def _make_trainer(self):
+        return engine.get_trainer(self)
 
-    def _check_finite(self, task_losses, grads_finite=True):
-        """All-reduced flag: every task loss (and gradient) is finite on
-        every replica.
-
-        A finite loss can still give a non-finite gradient (an infinite
-        input into a saturated unit gives inf·0). `grads_finite` is a flag,
-        or one per task (rows of J); a single flag false while every loss
-        is finite flags every task, since none can be singled out.
-        """
-        losses_finite = ops.isfinite(task_losses)
-        blame_gradients = ops.logical_or(
-            grads_finite, ops.logical_not(ops.all(losses_finite)))
-        flags = ops.cast(ops.logical_and(losses_finite, blame_gradients), "float32")
-        flags = gradients.all_reduce_sum(flags) / gradients.num_replicas()
-        finite_tasks = ops.equal(flags, 1.0)
+    def _record_finite(self, finite_tasks):
+        """Flags the tasks of a skipped step; returns whether all are finite."""
         finite = ops.all(finite_tasks)
         flags = self.task_weights.nonfinite_tasks
         not_finite = 1.0 - ops.cast(finite_tasks, flags.dtype)
         flags.assign(ops.where(finite, flags, not_finite))
         return finite
 
-    def _apply_if(self, finite, grads) -> None:
-        trainable = self.trainable_variables
-        if gradients.num_replicas() > 1:
-            # optimizer.apply merges replicas, which cannot happen inside a
-            # cond: zero the update instead (moments still decay one step).
-            grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
-                     for g in grads]
-            self.optimizer.apply(grads, trainable)
-            return
-        ops.cond(finite, lambda: self.optimizer.apply(grads, trainable), lambda: None)
-
     def _track_step(self, x, loss, task_losses, balance, finite) -> None:
         batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
         self._loss_tracker.update_state(
-            ops.where(finite, gradients.unscale_for_distribution(loss), 0.0),
+            ops.where(finite, loss, 0.0),
             sample_weight=ops.where(finite, batch_size, 0),
         )
         self._skipped_steps.update_state(1.0 - ops.cast(finite, "float32"))
         self._update_task_trackers(task_losses, balance, counted=finite)
-
-    def _post_step_update(self, x, y, sample_weight, losses_before, finite) -> None:
-        """FAMO-style: the same batch's losses after the optimizer step."""
-        y_pred = self(x, training=False)
-        losses_after = self.task_weights(
-            self.compute_task_losses(y, y_pred, sample_weight))
-        losses_before = gradients.all_reduce_sum(
-            gradients.scale_for_distribution(ops.stop_gradient(losses_before)))
-        losses_after = gradients.all_reduce_sum(
-            gradients.scale_for_distribution(ops.stop_gradient(losses_after)))
-        ops.cond(
-            ops.logical_and(finite, ops.all(ops.isfinite(losses_after))),
-            lambda: self.balancer.update_after_step(losses_before, losses_after),
-            lambda: None,
-        )
-
-    def _gradient_train_step(self, x, y, sample_weight):
-        rep_mode = self.balancer.mode == "rep"
-        with tf.GradientTape(persistent=True) as tape:
-            if rep_mode:
-                y_pred, representation = self._representation_model()(x, training=True)
-            else:
-                y_pred = self(x, training=True)
-            task_losses = self.compute_task_losses(y, y_pred, sample_weight)
-            weighted = gradients.scale_for_distribution(self.task_weights(task_losses))
-            regularization = gradients.scale_for_distribution(
-                self._regularization_loss())
-            scaled = self.optimizer.scale_loss(weighted)
-        loss_scale = ops.cast(self.optimizer.scale_loss(ops.ones(())), "float32")
-        targets = [representation] if rep_mode else self.shared_variables
-        jacobian = gradients.task_jacobian(tape, scaled, targets, self._jacobian_method)
-        jacobian = gradients.all_reduce_sum(jacobian)
-        global_losses = gradients.all_reduce_sum(weighted)
-        finite = self._check_finite(
-            task_losses, self._gradients_finite(jacobian, axis=1))
-        # With loss scaling, J may overflow while the losses are finite: the
-        # balancer must not see it (its state would turn NaN); the non-finite
-        # update then makes the LossScaleOptimizer skip and lower its scale.
-        usable = ops.logical_and(finite, ops.all(ops.isfinite(jacobian)))
-        safe_jacobian = ops.where(usable, jacobian, 0.0) / loss_scale
-        gramian = ops.matmul(safe_jacobian, ops.transpose(safe_jacobian))
-        update, balance = ops.cond(
-            usable,
-            lambda: self._balance_gradients(global_losses, gramian, safe_jacobian),
-            lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(global_losses)),
-        )
-        balance = ops.stop_gradient(balance)
-        update = ops.where(usable, update * loss_scale, ops.sum(jacobian, axis=0))
-        grads = self._balanced_gradients(
-            tape, scaled, regularization, balance, update, targets)
-        del tape
-        self._apply_if(finite, grads)
-
-        total = ops.sum(balance * weighted) + regularization
-        self._track_step(x, total, task_losses, balance, finite)
-        for tracker, value in zip(self._diagnostic_trackers,
-                                  gradients.diagnostics(gramian)):
-            tracker.update_state(value, sample_weight=ops.cast(usable, "float32"))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def _balance_gradients(self, task_losses, gramian, jacobian):
-        """`(update or zeros, weights)`; the update is `wᵀJ` unless the
-        balancer computes its own from J."""
-        if self.balancer.needs_jacobian:
-            return self.balancer.direction(task_losses, jacobian)
-        weights = self.balancer.balance(task_losses, gramian)
-        return ops.matmul(weights[None, :], jacobian)[0], weights
-
-    def _balanced_gradients(self, tape, scaled, regularization, balance, update,
-                            targets):
-        """Gradients for every trainable variable, in `trainable_variables` order.
-
-        Shared part: the balanced update (`wᵀJ` or the balancer's own) in
-        params mode; in rep mode it is pulled back through the trunk. Heads:
-        the gradient of `Σ w_k L_k`, the weights held constant.
-        """
-        # J was summed over replicas and optimizer.apply sums again.
-        update = update / gradients.num_replicas()
-        if self.balancer.mode == "rep":
-            representation = targets[0]
-            upstream = ops.reshape(ops.cast(update, representation.dtype),
-                                   ops.shape(representation))
-            shared_grads = tape.gradient(representation, self.shared_variables,
-                                         output_gradients=upstream)
-        else:
-            shared_grads = gradients.unflatten(update, self.shared_variables)
-        head_grads = tape.gradient(
-            scaled, self.head_variables,
-            output_gradients=ops.cast(balance, scaled.dtype))
-        if self.losses:
-            shared_grads = gradients.add_gradients(
-                shared_grads, tape.gradient(regularization, self.shared_variables))
-            head_grads = gradients.add_gradients(
-                head_grads, tape.gradient(regularization, self.head_variables))
-        by_id = {id(v): g for v, g in zip(self.shared_variables, shared_grads)}
-        by_id.update({id(v): g for v, g in zip(self.head_variables, head_grads)})
-        return [by_id[id(v)] for v in self.trainable_variables]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15 builds a distributed model from the first batch reduced

@@ -27,7 +27,7 @@ import keras
 import keras_tuner as kt
 
 from mtl_keras import balancers as balancers_lib
-from mtl_keras import gradients
+from mtl_keras import engine
 from mtl_keras import metrics as metrics_lib
 from mtl_keras.balancers.base import GradientBalancer
 from mtl_keras.callbacks import DynamicWeightAverage, MultiTaskScore
@@ -208,7 +208,7 @@ class MultiTaskHyperModel(kt.HyperModel):
             per_task |= {f"{task}_{m}" for m in self.metric_names[task]}
         names = {"loss", *per_task}
         if any(_is_gradient_balancer(b) for b in self.balancers or ()):
-            names |= set(gradients.diagnostic_names(self.tasks))
+            names |= set(engine.diagnostic_names(self.tasks))
         if model is not None:
             names |= {m.name for m in model.metrics} - {"compile_metrics"}
         return names | {f"val_{n}" for n in names} | {self.objective.name}

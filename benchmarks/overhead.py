@@ -73,7 +73,12 @@ from keras import layers, ops  # noqa: E402
 import mtl_keras  # noqa: E402
 from mtl_keras import architectures  # noqa: E402
 from mtl_keras import balancers as balancers_lib  # noqa: E402
-from mtl_keras.balancers.base import GradientBalancer, LossBalancer  # noqa: E402
+from mtl_keras.balancers.base import (  # noqa: E402
+    GradientBalancer,
+    GramianBalancer,
+    JacobianBalancer,
+    LossBalancer,
+)
 from mtl_keras.datasets import shapes  # noqa: E402
 from mtl_keras.demo import SHAPES_LOSSES  # noqa: E402
 from mtl_keras.engine import core as engine_core  # noqa: E402
@@ -176,7 +181,7 @@ def build_network(tasks: Sequence[str], image_size: int, width: int, seed: int =
     return base.inputs, {task: outputs[task] for task in tasks}, shared
 
 
-class JacobianOnly(GradientBalancer):
+class JacobianOnly(GramianBalancer):
     """The gradient engine with a solver that costs nothing: equal weights.
 
     Its update is the plain sum of the task gradients, so a model trained
@@ -541,7 +546,7 @@ def jacobian_times(tasks, batch, settings: Settings, xla: bool) -> dict[str, flo
 def solver_time(name: str, num_tasks: int, num_params: int, xla: bool,
                 calls: int) -> float:
     """Milliseconds of one call of a balancer's own math, in a `tf.function`
-    (a random Gramian, or Jacobian for `needs_jacobian` methods)."""
+    (a random Gramian, or Jacobian for `JacobianBalancer`s)."""
     balancer = balancers_lib.get(name)
     balancer.build_for_tasks([f"t{k}" for k in range(num_tasks)])
     rng = np.random.default_rng(0)
@@ -550,7 +555,7 @@ def solver_time(name: str, num_tasks: int, num_params: int, xla: bool,
         function = tf.function(balancer.balance, jit_compile=xla, autograph=False)
         return median_ms(function, (task_losses,), calls)
     jacobian = tf.constant(rng.normal(size=(num_tasks, num_params)), "float32")
-    if balancer.needs_jacobian:
+    if isinstance(balancer, JacobianBalancer):
         balancer.build_for_jacobian(num_params)
         function = tf.function(balancer.direction, jit_compile=xla, autograph=False)
         return median_ms(function, (task_losses, jacobian), calls)

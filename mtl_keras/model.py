@@ -245,7 +245,7 @@ class MultiTaskModel(keras.Model):
                     "feeds more than one task. Pass `shared=` to "
                     "MultiTaskModel, or use a loss balancer."
                 )
-            if self.balancer.needs_jacobian and self.balancer.mode == "params":
+            if self.balancer.mode == "params":
                 size = sum(int(np.prod(v.shape)) for v in self.shared_variables)
                 self.balancer.build_for_jacobian(size)
 
@@ -346,22 +346,30 @@ class MultiTaskModel(keras.Model):
         # Keras 3.15 reduces a multi-worker step's logs with
         # `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
         # (for a plain keras.Model too); a (1,) shape reduces to the scalar.
+        if keras.backend.backend() != "tensorflow":
+            return logs
         strategy = self.distribute_strategy
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return logs
         return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
-    def test_step(self, data):
+    def test_step(self, *args):
         # Gradient diagnostics and skipped steps exist only while training:
         # `val_grad_norm_*` would repeat stale training values.
         train_only = {m.name for m in self._diagnostic_trackers}
         train_only.add(self._skipped_steps.name)
-        logs = super().test_step(data)
+        if len(args) == 2:  # JAX: test_step(state, data) -> (logs, state)
+            logs, state = super().test_step(*args)
+            return {n: v for n, v in logs.items() if n not in train_only}, state
+        logs = super().test_step(*args)
         logs = {name: value for name, value in logs.items() if name not in train_only}
         return self._distributable_logs(logs)
 
-    def train_step(self, data):
+    def train_step(self, *args):
         """One step of the backend's trainer (`mtl_keras.engine`).
+
+        On TensorFlow Keras calls `train_step(data)`; on JAX it calls
+        `train_step(state, data)` and expects `(logs, new_state)`.
 
         A step whose task losses (or, without loss scaling, gradients) are
         not all finite is skipped (no weight, optimizer or balancer update)
@@ -370,8 +378,15 @@ class MultiTaskModel(keras.Model):
         `mtl_keras.callbacks.TerminateOnNonFiniteLoss` stops training with
         the tasks named.
         """
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if len(args) == 2:  # JAX: stateless
+            return self._trainer.train_step(*args)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(args[0])
         step = self._trainer.train_step(x, y, sample_weight)
+        return self._finish_step(x, y, sample_weight, step)
+
+    def _finish_step(self, x, y, sample_weight, step):
+        """The bookkeeping of a step: skipped-step flags, loss trackers,
+        gradient diagnostics and metrics; returns the logs."""
         finite = self._record_finite(step.finite_tasks)
         self._track_step(x, step.loss, step.task_losses, step.balance, finite)
         if step.gramian is not None:
@@ -399,7 +414,7 @@ class MultiTaskModel(keras.Model):
         finite = ops.all(finite_tasks)
         flags = self.task_weights.nonfinite_tasks
         not_finite = 1.0 - ops.cast(finite_tasks, flags.dtype)
-        flags.assign(ops.where(finite, flags, not_finite))
+        flags.assign(ops.where(finite, ops.convert_to_tensor(flags), not_finite))
         return finite
 
     def _track_step(self, x, loss, task_losses, balance, finite) -> None:
@@ -417,7 +432,8 @@ class MultiTaskModel(keras.Model):
         # MultiWorkerMirroredStrategy ("unsupported type PerReplica"), for a
         # plain keras.Model too. Only shapes matter here, so build from the
         # first local replica's batch instead.
-        if iterator is None or self._distribute_strategy is None:
+        if (iterator is None or keras.backend.backend() != "tensorflow"
+                or self._distribute_strategy is None):
             return super()._maybe_symbolic_build(iterator, data_batch)
         strategy = self.distribute_strategy
         for _, _, batches in iterator:

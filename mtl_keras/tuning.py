@@ -617,7 +617,7 @@ def _check_balancers(names) -> tuple[str, ...] | None:
     if isinstance(names, str):
         names = [names]
     known = [*CALLBACK_BALANCERS, *balancers_lib.available()]
-    normalised = tuple(n.strip().lower().replace("-", "_") for n in names)
+    normalised = tuple(balancers_lib.normalise_name(n) for n in names)
     unknown = [n for n, short in zip(names, normalised, strict=True)
                if short not in known]
     if unknown:

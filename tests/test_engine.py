@@ -10,11 +10,11 @@ from keras import ops
 
 import mtl_keras
 from mtl_keras import engine
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.engine import tensorflow as tf_engine
 
 
-class FixedWeights(GradientBalancer):
+class FixedWeights(GramianBalancer):
     """A gradient balancer that always returns the same weights."""
 
     def __init__(self, weights, **kwargs):

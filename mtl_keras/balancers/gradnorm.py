@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import adam_step
 
@@ -27,7 +27,7 @@ def gradnorm_gradient(weights, gramian, loss_ratios, alpha: float):
 
 
 @register("gradnorm")
-class GradNorm(GradientBalancer):
+class GradNorm(GramianBalancer):
     """Learns task weights that equalise the tasks' training rates.
 
     Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss

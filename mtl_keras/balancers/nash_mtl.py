@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import update_norm
 
@@ -60,7 +60,7 @@ def bargaining_weights(gramian, starts, iterations: int = 25, reg_eps: float = 1
 
 
 @register("nash_mtl")
-class NashMTL(GradientBalancer):
+class NashMTL(GramianBalancer):
     """Weights from the Nash bargaining solution `M α = 1/α`.
 
     Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022. The

@@ -21,7 +21,10 @@ from mtl_keras.engine.core import (
 )
 
 #: Backends with a trainer module in this package.
-TRAINER_MODULES = {"tensorflow": "mtl_keras.engine.tensorflow"}
+TRAINER_MODULES = {
+    "tensorflow": "mtl_keras.engine.tensorflow",
+    "jax": "mtl_keras.engine.jax",
+}
 
 
 def backend_module(backend: str | None = None):

@@ -98,20 +98,6 @@ def gramian_of(jacobian):
     return ops.matmul(jacobian, ops.transpose(jacobian))
 
 
-def balance_jacobian(balancer, task_losses, jacobian, gramian=None):
-    """`(update (P,), weights (K,))` from a balancer.
-
-    A Gramian balancer sees only `J Jᵀ` and the update is `wᵀJ`; a Jacobian
-    balancer (GradDrop, DB-MTL) computes its own update from J.
-    """
-    if balancer.needs_jacobian:
-        return balancer.direction(task_losses, jacobian)
-    if gramian is None:
-        gramian = gramian_of(jacobian)
-    weights = balancer.balance(task_losses, gramian)
-    return ops.matmul(weights[None, :], jacobian)[0], weights
-
-
 def guarded_balance(balancer, task_losses, jacobian, usable, loss_scale=1.0):
     """Runs the balancer only when `usable`: `(update, weights, gramian)`.
 
@@ -120,18 +106,35 @@ def guarded_balance(balancer, task_losses, jacobian, usable, loss_scale=1.0):
     must not see it (its state would turn NaN). On such a step the update
     is the plain (non-finite) sum of the rows, which makes a
     `LossScaleOptimizer` skip the step and lower its scale, the weights are
-    ones and the Gramian zeros.
+    ones, the Gramian zeros and the balancer state unchanged. The balancer
+    runs as a pure function of its state (`stateless_update`); the new
+    state is assigned after the branch.
     """
     safe_jacobian = ops.where(usable, jacobian, 0.0) / loss_scale
     gramian = gramian_of(safe_jacobian)
-    update, weights = ops.cond(
+    state = balancer.get_state()
+    update, weights, new_state = ops.cond(
         usable,
-        lambda: balance_jacobian(balancer, task_losses, safe_jacobian, gramian),
-        lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(task_losses)),
+        lambda: balancer.stateless_update(state, task_losses, safe_jacobian, gramian),
+        lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(task_losses), state),
     )
+    balancer.set_state(new_state)
     weights = ops.stop_gradient(weights)
     update = ops.where(usable, update * loss_scale, ops.sum(jacobian, axis=0))
     return update, weights, gramian
+
+
+def guarded_post_step(balancer, losses_before, losses_after, apply):
+    """Runs a loss balancer's `update_after_step` (FAMO) only when `apply`,
+    as a pure function of its state; assigns the new state."""
+    state = balancer.get_state()
+    new_state = ops.cond(
+        apply,
+        lambda: balancer.stateless_call_method(
+            balancer.update_after_step, state, losses_before, losses_after)[1],
+        lambda: state,
+    )
+    balancer.set_state(new_state)
 
 
 def finite_task_flags(task_losses, grads_finite=True, replica_mean=None):

@@ -195,7 +195,7 @@ def balanced_gradients(
     task_losses = ops.cast(task_losses, "float32")
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     targets = list(shared_variables) if representation is None else [representation]
-    if balancer.needs_jacobian and representation is None:
+    if representation is None:
         balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
 
     jacobian_matrix = all_reduce_sum(
@@ -341,8 +341,6 @@ class TensorFlowTrainer:
             scale_for_distribution(ops.stop_gradient(losses_before)))
         losses_after = all_reduce_sum(
             scale_for_distribution(ops.stop_gradient(losses_after)))
-        ops.cond(
-            ops.logical_and(finite, ops.all(ops.isfinite(losses_after))),
-            lambda: model.balancer.update_after_step(losses_before, losses_after),
-            lambda: None,
-        )
+        core.guarded_post_step(
+            model.balancer, losses_before, losses_after,
+            ops.logical_and(finite, ops.all(ops.isfinite(losses_after))))

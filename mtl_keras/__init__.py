@@ -7,10 +7,22 @@ Build one functional model with a shared trunk and named task heads
 
 import importlib
 
-from mtl_keras import balancers, callbacks
-from mtl_keras.model import MultiTaskModel
-from mtl_keras.task_losses import MISSING_LABEL
-from mtl_keras.task_weights import TaskWeights
+import keras
+
+#: The Keras backends `mtl_keras` runs on (see `mtl_keras.engine`).
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+if keras.backend.backend() not in SUPPORTED_BACKENDS:
+    raise ImportError(
+        f"mtl_keras runs on the Keras backend(s) {', '.join(SUPPORTED_BACKENDS)}; "
+        f"this process uses '{keras.backend.backend()}' (KERAS_BACKEND). Set "
+        "KERAS_BACKEND to one of them before importing keras."
+    )
+
+from mtl_keras import balancers, callbacks, engine  # noqa: E402
+from mtl_keras.model import MultiTaskModel  # noqa: E402
+from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
+from mtl_keras.task_weights import TaskWeights  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -28,9 +40,11 @@ def __getattr__(name):
 
 __all__ = [
     "MISSING_LABEL",
+    "SUPPORTED_BACKENDS",
     "MultiTaskModel",
     "TaskWeights",
     "balancers",
     "callbacks",
+    "engine",
     *_LAZY_SUBMODULES,
 ]

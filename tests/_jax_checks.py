@@ -104,9 +104,10 @@ def check_nonfinite_step_is_skipped():
     x[0, 0] = np.nan
     model = build()
     model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer="pcgrad")
-    before = [np.array(w) for w in model.get_weights()]
+    before = [np.array(v) for v in model.trainable_variables]
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
-    unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    unchanged = all(np.array_equal(a, np.asarray(b))
+                    for a, b in zip(before, model.trainable_variables))
     return [history["skipped_steps"][-1], unchanged,
             np.asarray(model.nonfinite_tasks).tolist()]
 

@@ -20,6 +20,7 @@ if keras.backend.backend() not in SUPPORTED_BACKENDS:
     )
 
 from mtl_keras import balancers, callbacks, engine  # noqa: E402
+from mtl_keras.masked_metric import MaskedMetric  # noqa: E402
 from mtl_keras.model import MultiTaskModel  # noqa: E402
 from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
 from mtl_keras.task_weights import TaskWeights  # noqa: E402
@@ -41,6 +42,7 @@ def __getattr__(name):
 __all__ = [
     "MISSING_LABEL",
     "SUPPORTED_BACKENDS",
+    "MaskedMetric",
     "MultiTaskModel",
     "TaskWeights",
     "balancers",

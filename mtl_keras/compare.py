@@ -447,8 +447,13 @@ class CompareResult:
         error bars (std over seeds), the single-task means as dashed lines.
         More tasks: a bar chart of Δm% per method.
         """
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as error:
+            raise ImportError(
+                "Plotting needs matplotlib: pip install 'mtl_keras[plot]'."
+            ) from error
 
         figure = Figure(figsize=(7, 5.5), dpi=120)
         FigureCanvasAgg(figure)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from mtl_keras import architectures
-from mtl_keras.callbacks import DynamicWeightAverage
+from mtl_keras.callbacks import DynamicWeightAverage, TaskBoard
 from mtl_keras.datasets import shapes
 
 #: The task losses of the shapes data.
@@ -79,7 +79,8 @@ def train_shapes(
         balancer: A balancer (name or instance), `None` for static weights,
             or `"dwa"` for the `DynamicWeightAverage` callback.
         epochs: Training epochs.
-        logdir: If given, TensorBoard logs are written there.
+        logdir: If given, `TaskBoard` writes TensorBoard logs there (the
+            Keras scalars plus the per-task custom-scalars layout).
         seed: Seeds the data, the initial weights and the balancer.
         train_size: Number of training images.
         validation_size: Number of validation images.
@@ -100,7 +101,7 @@ def train_shapes(
         balancer = None
         callbacks.append(DynamicWeightAverage())
     if logdir:
-        callbacks.append(keras.callbacks.TensorBoard(logdir))
+        callbacks.append(TaskBoard(logdir))
     model = architectures.shapes_network(tasks=tasks)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),

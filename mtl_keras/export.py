@@ -149,9 +149,21 @@ def _postprocessors(model: keras.Model, postprocess) -> dict:
                 f"Unknown postprocess {kind!r} for task {task!r}; choose among "
                 f"{sorted(POSTPROCESSORS)}."
             )
-        output_layer = outputs[task]._keras_history.operation
+        output_layer = _producing_layer(model, outputs[task])
         functions[task] = POSTPROCESSORS[kind](task, outputs[task], output_layer)
     return functions
+
+
+def _producing_layer(model: keras.Model, tensor):
+    """The layer of `model` whose (only) output is `tensor`, or `None`."""
+    for layer in model.layers:
+        try:
+            output = layer.output
+        except (AttributeError, ValueError, RuntimeError):  # several calls
+            continue
+        if any(t is tensor for t in keras.tree.flatten(output)):
+            return layer
+    return None
 
 
 def _check_output_names(model: keras.Model, functions: dict) -> None:

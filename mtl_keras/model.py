@@ -7,25 +7,33 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-# Functional internals, used only to record the shared tensor the way Keras
-# records a functional model's outputs in its config.
-from keras.src.models.functional import Functional, make_node_key
-
+from mtl_keras import _compat, engine
 from mtl_keras import balancers as balancers_lib
-from mtl_keras import engine
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
+from mtl_keras.masked_metric import MaskedMetric
 from mtl_keras.task_losses import (
+    check_class_ids,
     check_label_dtype,
     check_label_shape,
     check_sample_weight_shape,
+    label_errors,
     masked_task_loss,
     to_loss,
 )
 from mtl_keras.task_weights import TaskWeights
 
+#: The output key under which `get_config` records the shared tensor, so that
+#: Keras' own functional deserialisation finds it again.
+_SHARED_KEY = "__mtl_keras_shared__"
+
+#: `compile(diagnostics=...)` values, and the largest task count for which
+#: "auto" logs the pairwise gradient cosines.
+DIAGNOSTICS = ("auto", "all", "norms", "none")
+MAX_TASKS_FOR_COSINES = 8
+
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class MultiTaskModel(keras.Model):
+class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     """A functional `keras.Model` whose outputs are named tasks.
 
     Build it like a functional model, with a dict of task outputs and the
@@ -35,11 +43,20 @@ class MultiTaskModel(keras.Model):
     missing labels (see `mtl_keras.task_losses`) and logs `<task>_loss`
     (unweighted) and `<task>_weight` (the weight applied to it) every epoch.
 
+    `loss` and `val_loss` always mean what they mean in Keras: the sum of
+    the task losses times their task weights, plus regularization losses,
+    the same formula in training and evaluation whatever the balancer. A
+    balancer's own objective, where it has one, is logged in training as
+    `balanced_loss`. Evaluation never calls the balancer, so it changes no
+    balancer state. Missing labels are left out of the losses and of every
+    compiled metric (see `mtl_keras.MaskedMetric`).
+
     The model owns the task weights (`model.task_weights`, initialised from
     `loss_weights`): static weights, epoch-level callbacks and balancers
     compose, since the task weights scale each loss before a balancer sees
     it. Gradient balancers also log `grad_norm_<task>` and
-    `grad_cos_<a>_<b>`, read from the Gramian of the task gradients.
+    `grad_cos_<a>/<b>`, read from the Gramian of the task gradients (see
+    `compile(diagnostics=...)`).
 
     Args:
         inputs: The model inputs, as for `keras.Model`.
@@ -77,6 +94,9 @@ class MultiTaskModel(keras.Model):
                 "MultiTaskModel needs `outputs` as a dict {task_name: tensor}, "
                 f"got {type(outputs).__name__}."
             )
+        if _SHARED_KEY in outputs:  # revived by `from_config`
+            outputs = dict(outputs)
+            shared = outputs.pop(_SHARED_KEY)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         # Keras flattens dict outputs in sorted key order; so do we.
         self.task_names = sorted(outputs)
@@ -84,8 +104,6 @@ class MultiTaskModel(keras.Model):
         # the task losses, and their weighting, stay in float32.
         self.task_weights = TaskWeights(self.task_names, dtype="float32")
         self.balancer = None
-        if isinstance(shared, (list, tuple)):
-            shared = self._tensor_from_spec(*shared)
         self._shared_tensor = shared
         # Untracked helpers: views over the same layers, not saved twice.
         object.__setattr__(self, "_shared_variable_list", None)
@@ -146,6 +164,7 @@ class MultiTaskModel(keras.Model):
         metrics=None,
         balancer=None,
         jacobian: str = "loop",
+        diagnostics: str = "auto",
         **kwargs,
     ):
         """Configures the model for training.
@@ -163,15 +182,24 @@ class MultiTaskModel(keras.Model):
                 `"loop"` (K `GradientTape.gradient` calls on a persistent
                 tape, the default, faster in our measurements) or `"pfor"`
                 (`tape.jacobian` vectorised with pfor).
+            diagnostics: What a gradient balancer logs from the Gramian:
+                `"all"` (`grad_norm_<task>` and the pairwise cosines
+                `grad_cos_<a>/<b>`), `"norms"` (the norms only), `"none"`,
+                or `"auto"` (the default: "all" up to
+                `MAX_TASKS_FOR_COSINES` tasks, "norms" above).
             **kwargs: Passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
         self.task_losses = self._normalise_losses(loss)
         self.task_weights.assign(self._normalise_loss_weights(loss_weights))
-        self._check_task_keys("metrics", metrics)
+        weighted_metrics = kwargs.pop("weighted_metrics", None)
         if jacobian not in ("loop", "pfor"):
             raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+        if diagnostics not in DIAGNOSTICS:
+            raise ValueError(
+                f"diagnostics must be one of {DIAGNOSTICS}, got {diagnostics!r}.")
         self._jacobian_method = jacobian
+        self._diagnostics = diagnostics
         self.balancer = balancers_lib.get(balancer)
         if self.balancer is not None and not isinstance(
             self.balancer, balancers_lib.Balancer
@@ -184,7 +212,11 @@ class MultiTaskModel(keras.Model):
             self.balancer.build_for_tasks(self.task_names)
             self._check_balancer()
         self._create_trackers()
-        super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+        super().compile(
+            optimizer=optimizer, loss=None,
+            metrics=self._masked_metrics("metrics", metrics),
+            weighted_metrics=self._masked_metrics("weighted_metrics", weighted_metrics),
+            **kwargs)
         self._mtl_compile_args = {
             "loss": {t: keras.saving.serialize_keras_object(fn)
                      for t, fn in self.task_losses.items()},
@@ -192,7 +224,21 @@ class MultiTaskModel(keras.Model):
             "balancer": (keras.saving.serialize_keras_object(self.balancer)
                          if self.balancer is not None else None),
             "jacobian": jacobian,
+            "diagnostics": diagnostics,
+            "metrics": metrics,
+            "weighted_metrics": weighted_metrics,
         }
+
+    def _masked_metrics(self, what: str, metrics):
+        """`{task: [MaskedMetric, ...]}` for compile's `metrics` or
+        `weighted_metrics` (a dict by task, or one list for every task)."""
+        if metrics is None:
+            return None
+        if not isinstance(metrics, dict):
+            metrics = {t: metrics for t in self.task_names}
+        self._check_task_keys(what, metrics)
+        return {task: [MaskedMetric(m) for m in _as_list(task_metrics)]
+                for task, task_metrics in metrics.items()}
 
     def _check_task_keys(self, what: str, value) -> None:
         if not isinstance(value, dict):
@@ -251,13 +297,29 @@ class MultiTaskModel(keras.Model):
 
     def _create_trackers(self) -> None:
         mean = keras.metrics.Mean
+        self._total_loss_tracker = mean(name="loss")
+        self._balanced_loss_tracker = (
+            mean(name="balanced_loss") if self.balancer is not None else None)
         self._task_loss_trackers = [mean(name=f"{t}_loss") for t in self.task_names]
         self._task_weight_trackers = [mean(name=f"{t}_weight") for t in self.task_names]
         self._skipped_steps = keras.metrics.Sum(name="skipped_steps")
         self._diagnostic_trackers = []
-        if isinstance(self.balancer, GradientBalancer):
-            names = engine.diagnostic_names(self.task_names)
+        if isinstance(self.balancer, GradientBalancer) and self._diagnostics != "none":
+            names = engine.diagnostic_names(self.task_names, self._cosines())
             self._diagnostic_trackers = [mean(name=n) for n in names]
+
+    def _cosines(self) -> bool:
+        """Whether the pairwise gradient cosines are logged."""
+        if self._diagnostics == "auto":
+            return self.num_tasks <= MAX_TASKS_FOR_COSINES
+        return self._diagnostics == "all"
+
+    @property
+    def metrics(self):
+        # Keras' compile creates a `loss` tracker of its own, which our
+        # train and test steps never update: report ours under that name.
+        ours = getattr(self, "_total_loss_tracker", None)
+        return [m for m in super().metrics if m.name != "loss" or m is ours]
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -306,18 +368,24 @@ class MultiTaskModel(keras.Model):
                 weight = sample_weight.get(task)
             if weight is not None:
                 check_sample_weight_shape(task, weight, y_pred[task])
-            losses.append(masked_task_loss(loss_fn, y[task], y_pred[task], weight))
+            labels = check_class_ids(task, loss_fn, y[task], y_pred[task])
+            losses.append(masked_task_loss(loss_fn, labels, y_pred[task], weight))
         return ops.stack(losses)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
-        """The balanced total loss (used by `evaluate`; `fit` uses
-        `train_step`). Also updates the per-task loss and weight logs."""
+        """The loss in Keras' meaning: `Σ task_weight · task_loss` plus the
+        regularization losses, whatever the balancer (which is not called).
+
+        It is what `loss` and `val_loss` report; a balancer's own objective
+        is logged in training as `balanced_loss`.
+        """
+        del x, training
         task_losses = self.compute_task_losses(y, y_pred, sample_weight)
-        total, balance = self._balanced_total(self.task_weights(task_losses))
-        self._update_task_trackers(task_losses, balance)
-        return engine.backend_module().scale_for_distribution(
-            total + self._regularization_loss())
+        return self._weighted_total(self.task_weights(task_losses))
+
+    def _weighted_total(self, weighted_losses):
+        return ops.sum(weighted_losses) + self._regularization_loss()
 
     def _balanced_total(self, weighted_losses):
         """`(total, balance)` for the task-weighted losses and the balancer."""
@@ -354,16 +422,35 @@ class MultiTaskModel(keras.Model):
         return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
     def test_step(self, *args):
-        # Gradient diagnostics and skipped steps exist only while training:
-        # `val_grad_norm_*` would repeat stale training values.
-        train_only = {m.name for m in self._diagnostic_trackers}
-        train_only.add(self._skipped_steps.name)
-        if len(args) == 2:  # JAX: test_step(state, data) -> (logs, state)
-            logs, state = super().test_step(*args)
-            return {n: v for n, v in logs.items() if n not in train_only}, state
-        logs = super().test_step(*args)
-        logs = {name: value for name, value in logs.items() if name not in train_only}
-        return self._distributable_logs(logs)
+        """Evaluates one batch: the task losses, `loss` (Σ task weight ×
+        task loss + regularization) and the masked metrics. The balancer is
+        not called, so evaluation changes none of its state.
+
+        On JAX Keras calls `test_step(state, data)` and expects `(logs,
+        state)`: the backend's trainer runs `_evaluate_batch` statelessly.
+        """
+        if len(args) == 2:
+            return self._trainer.test_step(*args)
+        return self._distributable_logs(self._evaluate_batch(args[0]))
+
+    def _evaluate_batch(self, data) -> dict:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=False)
+        task_losses = self.compute_task_losses(y, y_pred, sample_weight)
+        weighted = self.task_weights(task_losses)
+        self._track_step(x, self._weighted_total(weighted), None, task_losses,
+                         ops.ones_like(task_losses), True)
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        # Gradient diagnostics, skipped steps and the balancer's objective
+        # exist only while training: `val_grad_norm_*` would be stale.
+        train_only = {m.name for m in self._training_only_trackers()}
+        return {name: value for name, value in logs.items() if name not in train_only}
+
+    def _training_only_trackers(self) -> list:
+        trackers = [*self._diagnostic_trackers, self._skipped_steps]
+        if self._balanced_loss_tracker is not None:
+            trackers.append(self._balanced_loss_tracker)
+        return trackers
 
     def train_step(self, *args):
         """One step of the backend's trainer (`mtl_keras.engine`).
@@ -388,10 +475,12 @@ class MultiTaskModel(keras.Model):
         """The bookkeeping of a step: skipped-step flags, loss trackers,
         gradient diagnostics and metrics; returns the logs."""
         finite = self._record_finite(step.finite_tasks)
-        self._track_step(x, step.loss, step.task_losses, step.balance, finite)
+        self._track_step(x, step.loss, step.balanced_loss, step.task_losses,
+                         step.balance, finite)
         if step.gramian is not None:
             for tracker, value in zip(self._diagnostic_trackers,
-                                      engine.diagnostics(step.gramian)):
+                                      engine.diagnostics(step.gramian,
+                                                         self._cosines())):
                 tracker.update_state(
                     value, sample_weight=ops.cast(step.balanced, "float32"))
         logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
@@ -417,34 +506,22 @@ class MultiTaskModel(keras.Model):
         flags.assign(ops.where(finite, ops.convert_to_tensor(flags), not_finite))
         return finite
 
-    def _track_step(self, x, loss, task_losses, balance, finite) -> None:
+    def _track_step(self, x, loss, balanced_loss, task_losses, balance,
+                    finite) -> None:
+        """Updates the logs of one step (none of it if the step was skipped).
+
+        `loss` is Σ task weight × task loss + regularization on this replica's
+        batch; `balanced_loss` the balancer's objective (`None` in evaluation).
+        """
         batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(
-            ops.where(finite, loss, 0.0),
-            sample_weight=ops.where(finite, batch_size, 0),
-        )
+        count = ops.where(finite, batch_size, 0)
+        self._total_loss_tracker.update_state(
+            ops.where(finite, loss, 0.0), sample_weight=count)
+        if balanced_loss is not None and self._balanced_loss_tracker is not None:
+            self._balanced_loss_tracker.update_state(
+                ops.where(finite, balanced_loss, 0.0), sample_weight=count)
         self._skipped_steps.update_state(1.0 - ops.cast(finite, "float32"))
         self._update_task_trackers(task_losses, balance, counted=finite)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 builds a distributed model from the first batch reduced
-        # with `strategy.reduce("MEAN", ...)`, which fails under
-        # MultiWorkerMirroredStrategy ("unsupported type PerReplica"), for a
-        # plain keras.Model too. Only shapes matter here, so build from the
-        # first local replica's batch instead.
-        if (iterator is None or keras.backend.backend() != "tensorflow"
-                or self._distribute_strategy is None):
-            return super()._maybe_symbolic_build(iterator, data_batch)
-        strategy = self.distribute_strategy
-        for _, _, batches in iterator:
-            data_batch = keras.tree.map_structure(
-                lambda value: strategy.experimental_local_results(value)[0]
-                if isinstance(value, tf.distribute.DistributedValues) else value,
-                next(batches),
-            )
-            break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
 
     # ------------------------------------------------------------ utilities
 
@@ -480,23 +557,39 @@ class MultiTaskModel(keras.Model):
         return config
 
     def _shared_tensor_spec(self) -> list:
-        """`[layer_name, node_index, tensor_index]` as in Keras' own config:
-        node indices count only the nodes that belong to this model."""
-        layer, node_index, tensor_index = self._shared_tensor._keras_history
-        kept = [
-            i for i in range(len(layer._inbound_nodes))
-            if make_node_key(layer, i) in self._nodes
-        ]
-        offset = 1 if isinstance(layer, Functional) else 0
-        return [layer.name, kept.index(node_index) + offset, tensor_index]
+        """`[layer_name, node_index, tensor_index]` of the shared tensor, as
+        Keras records a functional model's outputs: read from the config of
+        a model over the same graph with the shared tensor as an output."""
+        outputs = {**dict(zip(self.task_names, self.outputs)),
+                   _SHARED_KEY: self._shared_tensor}
+        config = keras.Model(self.inputs, outputs).get_config()
+        return config["output_layers"][_SHARED_KEY]
 
-    def _tensor_from_spec(self, layer_name, node_index, tensor_index):
-        layer = self.get_layer(layer_name)
-        if isinstance(layer, Functional):
-            node_index -= 1
-        return keras.tree.flatten(layer._inbound_nodes[node_index].output_tensors)[
-            tensor_index
-        ]
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Keras' functional deserialisation revives the shared tensor as one
+        # more output, which `__init__` takes back out.
+        config = dict(config)
+        spec = config.pop("shared", None)
+        if spec is not None:
+            config["output_layers"] = {**config["output_layers"], _SHARED_KEY: spec}
+        return super().from_config(config, custom_objects=custom_objects)
+
+    def fit(self, *args, **kwargs):
+        with label_errors():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with label_errors():
+            return super().evaluate(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        with label_errors():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with label_errors():
+            return super().test_on_batch(*args, **kwargs)
 
 
 def _task_weight(task, value) -> float:
@@ -520,3 +613,7 @@ def _task_weight(task, value) -> float:
             f"got {value}. Use 0 to switch a task off."
         )
     return value
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
 class TaskWeights(keras.layers.Layer):
-    """Holds one non-trainable weight per task, plus a short loss history.
+    """Holds one non-trainable weight per task, plus a short per-task history.
 
     Compiled `loss_weights` initialise `values`; epoch-level callbacks (DWA)
     assign them through the model; every training path multiplies each task
@@ -20,12 +21,19 @@ class TaskWeights(keras.layers.Layer):
     `nonfinite_tasks` flags (1.0) the tasks whose loss was not finite at the
     last step the model skipped for that reason.
 
-    `loss_history` keeps the epoch-mean task losses of the last two epochs
-    for epoch-level callbacks, so that they too resume where they stopped.
+    `history` keeps what a `mtl_keras.callbacks.TaskWeightCallback` records
+    (one value per task per observation: row 0 the first observation, rows
+    1.. the last `HISTORY_CAPACITY`, newest last), `history_count` how many
+    it recorded and `history_owner` a fingerprint of the recording callback,
+    so that a rule resumes where it stopped and never reads another rule's
+    values.
 
     Args:
         task_names: The task names, in the model's order.
     """
+
+    #: How many past observations `history` keeps (besides the first).
+    HISTORY_CAPACITY = 8
 
     def __init__(self, task_names, name: str = "task_weights", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -34,12 +42,15 @@ class TaskWeights(keras.layers.Layer):
         self.values = self.add_weight(
             shape=(num_tasks,), initializer="ones", trainable=False, name="values"
         )
-        self.loss_history = self.add_weight(
-            shape=(2, num_tasks), initializer="zeros", trainable=False,
-            name="loss_history",
+        self.history = self.add_weight(
+            shape=(self.HISTORY_CAPACITY + 1, num_tasks), initializer="zeros",
+            trainable=False, name="history",
         )
-        self.epochs_recorded = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="epochs_recorded"
+        self.history_count = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="history_count"
+        )
+        self.history_owner = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="history_owner"
         )
         self.nonfinite_tasks = self.add_weight(
             shape=(num_tasks,), initializer="zeros", trainable=False,
@@ -72,11 +83,37 @@ class TaskWeights(keras.layers.Layer):
         values = ops.convert_to_numpy(self.values)
         return {task: float(v) for task, v in zip(self.task_names, values)}
 
-    def record_epoch_losses(self, losses) -> None:
-        """Pushes one epoch's mean task losses onto the two-epoch history."""
-        losses = ops.convert_to_tensor(losses, dtype=self.loss_history.dtype)
-        self.loss_history.assign(ops.stack([self.loss_history[1], losses]))
-        self.epochs_recorded.assign(self.epochs_recorded + 1)
+    def read_history(self) -> tuple[np.ndarray, int, float]:
+        """`(rows, count, owner)`: the history rows as float64, and counters."""
+        rows = ops.convert_to_numpy(self.history).astype(np.float64)
+        count = int(ops.convert_to_numpy(self.history_count))
+        owner = float(ops.convert_to_numpy(self.history_owner))
+        return rows, count, owner
+
+    def reset_history(self, owner: float) -> None:
+        """Empties the history and records who fills it next."""
+        self.history.assign(ops.zeros_like(self.history))
+        self.history_count.assign(0.0)
+        self.history_owner.assign(float(owner))
+
+    def push_history(self, values) -> None:
+        """Appends one observation (one value per task)."""
+        rows, count, _ = self.read_history()
+        values = np.asarray(values, dtype=np.float64)
+        if count == 0:
+            rows[0] = values
+        rows[1:-1] = rows[2:]
+        rows[-1] = values
+        self.history.assign(rows.astype("float32"))
+        self.history_count.assign(float(count + 1))
+
+    def replace_last_history(self, values) -> None:
+        """Overwrites the newest observation (and the first, if it is it)."""
+        rows, count, _ = self.read_history()
+        rows[-1] = values
+        if count == 1:
+            rows[0] = values
+        self.history.assign(rows.astype("float32"))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -79,7 +79,7 @@ def test_gramian_and_diagnostics_match_the_task_gradients():
     cosine = jacobian[0] @ jacobian[1] / (norms[0] * norms[1])
     np.testing.assert_allclose(values, [*norms, cosine], rtol=1e-4)
     assert engine.diagnostic_names(["a", "b"]) == [
-        "grad_norm_a", "grad_norm_b", "grad_cos_a_b"]
+        "grad_norm_a", "grad_norm_b", "grad_cos_a/b"]
     # MGDA's weights lie on the simplex.
     np.testing.assert_allclose(np.sum(result.weights), 1.0, rtol=1e-5)
 

@@ -57,6 +57,6 @@ def test_method_trains_reference_model(name, jit_compile):
     if isinstance(model.balancer, balancers.GradientBalancer):
         for task in model.task_names:
             assert all(n > 0 for n in history[f"grad_norm_{task}"])
-        cosines = np.ravel([history[f"grad_cos_{a}_{b}"] for a, b in
+        cosines = np.ravel([history[f"grad_cos_{a}/{b}"] for a, b in
                             [("cls", "count"), ("cls", "seg"), ("count", "seg")]])
         assert np.all(np.abs(cosines) <= 1.0)

@@ -218,9 +218,9 @@ def test_gradient_groups_only_with_a_gradient_balancer(board):
     pcgrad_layout, = _written_layouts(root / "pcgrad" / "train")
     assert _tags(pcgrad_layout, "Gradient norms") == [
         ["^epoch_grad_norm_a$", "^epoch_grad_norm_b$"]]
-    assert _tags(pcgrad_layout, "Gradient cosines") == [["^epoch_grad_cos_a_b$"]]
+    assert _tags(pcgrad_layout, "Gradient cosines") == [["^epoch_grad_cos_a/b$"]]
     events = _events(root / "pcgrad" / "train")
-    for key in ("grad_norm_a", "grad_norm_b", "grad_cos_a_b"):
+    for key in ("grad_norm_a", "grad_norm_b", "grad_cos_a/b"):
         steps = _scalar_steps(events, f"epoch_{key}")
         assert sorted(steps) == list(range(EPOCHS))
         np.testing.assert_allclose([steps[e] for e in range(EPOCHS)],
@@ -293,14 +293,14 @@ def test_config_round_trip():
 
 def test_keys_are_grouped_by_task_hand_case():
     keys = ["loss", "a_loss", "a_b_loss", "a_weight", "a_b_weight", "a_accuracy",
-            "a_b_mae", "grad_norm_a", "grad_norm_a_b", "grad_cos_a_a_b",
+            "a_b_mae", "grad_norm_a", "grad_norm_a_b", "grad_cos_a/a_b",
             "learning_rate", "skipped_steps"]
     assert group_log_keys(["a", "a_b"], keys) == {
         "losses": {"a": "a_loss", "a_b": "a_b_loss"},
         "weights": {"a": "a_weight", "a_b": "a_b_weight"},
         "metrics": {"a": ["a_accuracy"], "a_b": ["a_b_mae"]},
         "grad_norms": ["grad_norm_a", "grad_norm_a_b"],
-        "grad_cosines": ["grad_cos_a_a_b"],
+        "grad_cosines": ["grad_cos_a/a_b"],
     }
 
 

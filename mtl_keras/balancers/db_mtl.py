@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras import _compat
 from mtl_keras.balancers.base import JacobianBalancer
 from mtl_keras.balancers.registry import register
 
@@ -83,21 +84,14 @@ class DBMTL(JacobianBalancer):
         if self.num_tasks is None:
             raise ValueError("DBMTL.build_for_jacobian needs the tasks first.")
         # Keras locks a layer's state once `build` has run; this weight can
-        # only be sized once the model knows P, so unlock for it.
-        tracker = getattr(self, "_tracker", None)
-        was_locked = tracker is not None and tracker.locked
-        if was_locked:
-            tracker.unlock()
-        try:
+        # only be sized once the model knows P.
+        with _compat.unlocked_state(self):
             self.gradient_average = self.add_weight(
                 shape=(self.num_tasks, num_params),
                 initializer="zeros",
                 trainable=False,
                 name="gradient_average",
             )
-        finally:
-            if was_locked:
-                tracker.lock()
         self.num_params = num_params
 
     def compute_direction(self, task_losses, jacobian):

@@ -32,6 +32,17 @@ _ALIASES: dict[str, tuple[str, dict]] = {
 }
 
 
+#: Methods that are epoch-level callbacks, not balancers: what to write.
+CALLBACK_METHODS = {
+    "dwa": (
+        "DWA (Dynamic Weight Average) is an epoch-level callback, not a "
+        "balancer: train with `model.fit(..., callbacks=["
+        "mtl_keras.callbacks.DynamicWeightAverage()])` and compile with "
+        "`balancer=None` (or any balancer; DWA sets the task weights it sees)."
+    ),
+}
+
+
 def available() -> list[str]:
     """The registered balancer names and aliases, sorted."""
     return sorted([*_REGISTRY, *_ALIASES])
@@ -69,6 +80,8 @@ def get(identifier) -> Balancer | None:
         if name in _ALIASES:
             target, kwargs = _ALIASES[name]
             return _REGISTRY[target](**kwargs)
+        if name in CALLBACK_METHODS:
+            raise ValueError(CALLBACK_METHODS[name])
         if name not in _REGISTRY:
             raise ValueError(
                 f"Unknown balancer {identifier!r}. Available balancers: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 
@@ -35,7 +36,7 @@ class TaskBoard(keras.callbacks.TensorBoard):
     - "Task weights": the effective weight of every task (`<task>_weight`).
     - "Task metrics": one chart per task metric (`<task>_<metric>`).
     - "Gradient norms" and "Gradient cosines": `grad_norm_<task>` and
-      `grad_cos_<a>_<b>`, when the model logs them (gradient balancers).
+      `grad_cos_<a>/<b>`, when the model logs them (gradient balancers).
 
     With an integer `update_freq=N`, the `TensorBoard` callback also writes
     every log key as `batch_<key>` every N training batches; the layout then
@@ -81,10 +82,14 @@ class TaskBoard(keras.callbacks.TensorBoard):
         layout = task_layout(
             self._task_names, log_keys, batch_level=self.update_freq != "epoch"
         )
-        with self._train_writer.as_default():
+        # A writer of our own into the run's "train" folder, beside the one
+        # TensorBoard writes: TensorBoard reads every event file of a run.
+        writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        with writer.as_default():
             tf.summary.experimental.write_raw_pb(
                 custom_scalar_summary.pb(layout).SerializeToString(), step=0
             )
+        writer.close()
         self._layout_written = True
 
     def get_config(self) -> dict:

@@ -47,8 +47,10 @@ class TrainStep(NamedTuple):
         task_losses: The (K,) unweighted task losses of this replica.
         balance: The (K,) weights the balancer applied on top of the task
             weights (ones without a balancer).
-        loss: The minimised total of the global batch (the balanced,
-            task-weighted sum plus regularization).
+        loss: `Σ task weight × task loss + regularization` on this
+            replica's batch (what `loss` logs, whatever the balancer).
+        balanced_loss: The balancer's objective plus regularization (what
+            the step minimised; logged as `balanced_loss`).
         finite_tasks: (K,) booleans: the task was finite on every replica;
             the step was applied only when all are.
         gramian: The (K, K) Gramian for gradient balancers, else `None`.
@@ -59,6 +61,7 @@ class TrainStep(NamedTuple):
     task_losses: Any
     balance: Any
     loss: Any
+    balanced_loss: Any
     finite_tasks: Any
     gramian: Any = None
     balanced: Any = None
@@ -155,20 +158,27 @@ def finite_task_flags(task_losses, grads_finite=True, replica_mean=None):
     return ops.equal(flags, 1.0)
 
 
-def diagnostic_names(task_names) -> list[str]:
-    """Log names of the Gramian diagnostics, in `diagnostics` order."""
-    norms = [f"grad_norm_{t}" for t in task_names]
-    cosines = [f"grad_cos_{a}_{b}" for a, b in itertools.combinations(task_names, 2)]
-    return norms + cosines
+def diagnostic_names(task_names, cosines: bool = True) -> list[str]:
+    """Log names of the Gramian diagnostics, in `diagnostics` order.
+
+    Cosines are named `grad_cos_<a>/<b>`: task names are layer names, which
+    cannot contain "/", so the pair is unambiguous (`left_eye`, `left`).
+    """
+    names = [f"grad_norm_{t}" for t in task_names]
+    if cosines:
+        names += [f"grad_cos_{a}/{b}" for a, b in itertools.combinations(task_names, 2)]
+    return names
 
 
-def diagnostics(gramian) -> list:
-    """Per-task gradient norms, then pairwise cosines, from the Gramian."""
+def diagnostics(gramian, cosines: bool = True) -> list:
+    """Per-task gradient norms, then (if `cosines`) the pairwise cosines,
+    read from the Gramian."""
     gramian = ops.cast(gramian, "float32")
     squared_norms = ops.diagonal(gramian)
     norms = ops.sqrt(ops.maximum(squared_norms, 0.0))
     num_tasks = gramian.shape[0]
     values = [norms[k] for k in range(num_tasks)]
-    for a, b in itertools.combinations(range(num_tasks), 2):
-        values.append(ops.divide_no_nan(gramian[a, b], norms[a] * norms[b]))
+    if cosines:
+        for a, b in itertools.combinations(range(num_tasks), 2):
+            values.append(ops.divide_no_nan(gramian[a, b], norms[a] * norms[b]))
     return values

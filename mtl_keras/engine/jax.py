@@ -251,7 +251,9 @@ class JaxTrainer:
         finite_tasks = core.finite_task_flags(forward.task_losses, grads_finite)
         step = core.TrainStep(
             y_pred=forward.y_pred, task_losses=forward.task_losses,
-            balance=forward.balance, loss=forward.total, finite_tasks=finite_tasks)
+            balance=forward.balance,
+            loss=ops.sum(forward.weighted) + forward.regularization,
+            balanced_loss=forward.total, finite_tasks=finite_tasks)
         return _Step(step, forward.weighted), grads, forward.non_trainable
 
     def gradient_step(self, trainable, non_trainable, x, y, sample_weight,
@@ -287,10 +289,13 @@ class JaxTrainer:
         shared_grads = iter(result.grads[:len(shared)])
         head_grads = iter(result.grads[len(shared):])
         grads = [next(shared_grads) if s else next(head_grads) for s in is_shared]
-        total = ops.sum(result.weights * forward.weighted) + forward.regularization
         step = core.TrainStep(
             y_pred=forward.y_pred, task_losses=forward.task_losses,
-            balance=result.weights, loss=total, finite_tasks=result.finite_tasks,
+            balance=result.weights,
+            loss=ops.sum(forward.weighted) + forward.regularization,
+            balanced_loss=(ops.sum(result.weights * forward.weighted)
+                           + forward.regularization),
+            finite_tasks=result.finite_tasks,
             gramian=result.gramian, balanced=result.balanced)
         return _Step(step, forward.weighted), grads, non_trainable
 
@@ -306,6 +311,20 @@ class JaxTrainer:
         with keras.StatelessScope(state_mapping=mapping) as scope:
             core.guarded_post_step(model.balancer, before, after, apply)
         return _current_values(scope, model.non_trainable_variables, non_trainable)
+
+    def test_step(self, state, data):
+        """`(logs, state)`: the model's `_evaluate_batch`, statelessly."""
+        model = self.model
+        trainable, non_trainable, metrics_values = state
+        mapping = (list(zip(model.trainable_variables, trainable))
+                   + list(zip(model.non_trainable_variables, non_trainable))
+                   + list(zip(model.metrics_variables, metrics_values)))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = model._evaluate_batch(data)
+        return logs, (
+            trainable,
+            _current_values(scope, model.non_trainable_variables, non_trainable),
+            _current_values(scope, model.metrics_variables, metrics_values))
 
     def finish(self, x, y, sample_weight, step, non_trainable, metrics_values):
         """The model's bookkeeping, statelessly: `(logs, non_trainable,

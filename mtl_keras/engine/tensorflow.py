@@ -268,7 +268,8 @@ class TensorFlowTrainer:
             task_losses = model.compute_task_losses(y, y_pred, sample_weight)
             weighted = model.task_weights(task_losses)
             total, balance = model._balanced_total(weighted)
-            loss = scale_for_distribution(total + model._regularization_loss())
+            regularization = model._regularization_loss()
+            loss = scale_for_distribution(total + regularization)
             scaled_loss = model.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, model.trainable_variables)
         grads_finite = True
@@ -282,7 +283,8 @@ class TensorFlowTrainer:
             self.post_step_update(x, y, sample_weight, weighted, finite)
         return core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=balance,
-            loss=unscale_for_distribution(loss), finite_tasks=finite_tasks)
+            loss=ops.sum(weighted) + regularization,
+            balanced_loss=total + regularization, finite_tasks=finite_tasks)
 
     def gradient_step(self, x, y, sample_weight) -> core.TrainStep:
         model = self.model
@@ -309,12 +311,12 @@ class TensorFlowTrainer:
         finite = ops.all(result.finite_tasks)
         self.apply_if_finite(
             finite, [by_id[id(v)] for v in model.trainable_variables])
-        total = ops.sum(result.weights * weighted)
-        if regularization is not None:
-            total = total + regularization
+        extra = 0.0 if regularization is None else regularization
         return core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=result.weights,
-            loss=unscale_for_distribution(total),
+            loss=unscale_for_distribution(ops.sum(weighted) + extra),
+            balanced_loss=unscale_for_distribution(
+                ops.sum(result.weights * weighted) + extra),
             finite_tasks=result.finite_tasks, gramian=result.gramian,
             balanced=result.balanced)
 
@@ -322,7 +324,7 @@ class TensorFlowTrainer:
         """Applies the gradients unless `finite` is false."""
         optimizer = self.model.optimizer
         trainable = self.model.trainable_variables
-        if num_replicas() > 1:
+        if tf.distribute.has_strategy():  # even a one-replica strategy
             # optimizer.apply merges replicas, which cannot happen inside a
             # cond: zero the update instead (moments still decay one step).
             grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))

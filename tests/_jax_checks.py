@@ -112,6 +112,24 @@ def check_nonfinite_step_is_skipped():
             np.asarray(model.nonfinite_tasks).tolist()]
 
 
+def check_evaluation_and_masked_metrics():
+    """Validation logs, masked metrics, and evaluation leaving the balancer
+    state alone: `[log keys, val_loss, Σ w·L by hand, state unchanged]`."""
+    x, y = data()
+    model = build(regularize=False)
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, balancer="gradvac",
+                  metrics={"b": ["accuracy"]}, loss_weights={"a": 0.5, "b": 2.0})
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                        validation_data=(x, y)).history
+    state = [np.array(v) for v in model.balancer.non_trainable_variables]
+    result = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    unchanged = all(np.array_equal(a, np.asarray(b)) for a, b in
+                    zip(state, model.balancer.non_trainable_variables))
+    losses = model.compute_task_losses(y, model(x))
+    by_hand = float(0.5 * losses[0] + 2.0 * losses[1])
+    return [sorted(history), result["loss"], by_hand, unchanged]
+
+
 def check_continue_tf_file(tf_file, jax_file):
     """Loads a `.keras` file trained on TF, reports its balancer state,
     trains one more epoch on JAX and saves it for TF to continue."""

@@ -162,3 +162,31 @@ def test_multitaskmodel_uses_the_engine(monkeypatch):
     model.fit(x, {"a": np.ones((4, 1)), "b": np.zeros((4, 1))}, epochs=1,
               verbose=0)
     assert calls == ["loop"]
+
+
+@pytest.mark.parametrize("name", [
+    n for n in mtl_keras.balancers.available()
+    if isinstance(mtl_keras.balancers.get(n), mtl_keras.balancers.GradientBalancer)
+    and n != "mgda_ub"])
+def test_stateless_update_is_pure_and_matches_the_stateful_call(name):
+    rng = np.random.default_rng(0)
+    losses = np.float32([0.5, 1.0, 2.0])
+    jacobians = rng.normal(size=(2, 3, 4)).astype("float32")
+    stateful = mtl_keras.balancers.get(name)
+    stateful.build_for_tasks(["a", "b", "c"])
+    stateful.build_for_jacobian(4)
+    pure = type(stateful).from_config(stateful.get_config())
+    pure.build_for_tasks(["a", "b", "c"])
+    pure.build_for_jacobian(4)
+    pure.set_state(stateful.get_state())  # same seeds
+    for jacobian in jacobians:
+        before = [np.array(v) for v in pure.get_state()]
+        update, _, new_state = pure.stateless_update(
+            pure.get_state(), losses, ops.convert_to_tensor(jacobian))
+        for old, now in zip(before, pure.get_state()):
+            np.testing.assert_array_equal(old, now)  # nothing assigned
+        pure.set_state(new_state)
+        expected = stateful.update_direction(losses, jacobian)
+        np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-6)
+        for got, want in zip(pure.get_state(), stateful.get_state()):
+            np.testing.assert_allclose(got, want, rtol=1e-6)

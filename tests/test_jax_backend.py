@@ -103,3 +103,13 @@ def test_keras_file_moves_tf_to_jax_and_back(jax_results):
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][-1])
     assert int(model.optimizer.iterations.numpy()) == 8
+
+
+def test_evaluation_and_masked_metrics_on_jax(jax_results):
+    keys, val_loss, by_hand, unchanged = jax_results["results"][
+        "check_evaluation_and_masked_metrics"]
+    assert {"val_loss", "val_a_loss", "val_b_loss", "b_accuracy",
+            "val_b_accuracy", "balanced_loss"} <= set(keys)
+    assert "val_balanced_loss" not in keys and "val_grad_norm_a" not in keys
+    np.testing.assert_allclose(val_loss, by_hand, rtol=1e-5)
+    assert unchanged

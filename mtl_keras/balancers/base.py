@@ -102,7 +102,9 @@ class Balancer(keras.layers.Layer):
     def get_state(self) -> list:
         """The balancer's state: its non-trainable variables' values
         (EMAs, counters, cached weights, random seeds)."""
-        return [ops.convert_to_tensor(v) for v in self.non_trainable_variables]
+        # A copy: on TensorFlow a variable converted to a tensor stays a
+        # reference that later assignments would change.
+        return [ops.copy(v.value) for v in self.non_trainable_variables]
 
     def set_state(self, state) -> None:
         """Assigns a state returned by `get_state` or a `stateless_*` call."""

@@ -1,6 +1,8 @@
 """Backend-neutral checks run under `KERAS_BACKEND=jax` by test_jax_backend.py.
 
-Usage: `python tests/_jax_checks.py RESULT.json [TF_FILE.keras JAX_FILE.keras]`.
+Usage: `python tests/_jax_checks.py RESULT.json [TF_FILE.keras JAX_FILE.keras]`,
+or `python tests/_jax_checks.py RESULT.json --data-parallel` with
+`XLA_FLAGS=--xla_force_host_platform_device_count=2`.
 Writes one JSON object `{check: result}`; an exception in a check is
 recorded as `"error: ..."` so the pytest side names the check that failed.
 """
@@ -143,8 +145,33 @@ def check_continue_tf_file(tf_file, jax_file):
             "weights_after": [np.asarray(w).tolist() for w in model.get_weights()]}
 
 
+def data_parallel_gap():
+    """Max |Δ| between trainable weights trained on 2 devices
+    (`keras.distribution.DataParallel`) and on one, per balancer."""
+    import jax
+
+    gaps = {"devices": len(jax.devices())}
+    for name in ("upgrad", "pcgrad", "uw"):
+        weights = []
+        for distribution in (None, keras.distribution.DataParallel(
+                devices=jax.devices())):
+            keras.distribution.set_distribution(distribution)
+            x, y = data()
+            model = build()
+            model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer=name)
+            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+            weights.append([np.asarray(v) for v in model.trainable_variables])
+        keras.distribution.set_distribution(None)
+        gaps[name] = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+    return gaps
+
+
 def main():
     out = sys.argv[1]
+    if sys.argv[2:] == ["--data-parallel"]:
+        with open(out, "w") as handle:
+            json.dump(data_parallel_gap(), handle)
+        return
     checks = {name: fn for name, fn in globals().items() if name.startswith("check_")}
     results = {}
     for name, function in checks.items():

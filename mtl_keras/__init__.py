@@ -25,7 +25,7 @@ from mtl_keras.model import MultiTaskModel  # noqa: E402
 from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
 from mtl_keras.task_weights import TaskWeights  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Imported on first use: they pull in TFDS / KerasTuner, which are slow to load.
 _LAZY_SUBMODULES = (

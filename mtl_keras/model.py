@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -319,7 +321,14 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         # Keras' compile creates a `loss` tracker of its own, which our
         # train and test steps never update: report ours under that name.
         ours = getattr(self, "_total_loss_tracker", None)
-        return [m for m in super().metrics if m.name != "loss" or m is ours]
+        metrics = [m for m in super().metrics if m.name != "loss" or m is ours]
+        if getattr(self, "_evaluating", False):
+            # Gradient diagnostics, skipped steps and the balancer's
+            # objective exist only in training: `val_grad_norm_*` would be
+            # stale.
+            training_only = self._training_only_trackers()
+            metrics = [m for m in metrics if all(m is not t for t in training_only)]
+        return metrics
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -369,7 +378,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             if weight is not None:
                 check_sample_weight_shape(task, weight, y_pred[task])
             labels = check_class_ids(task, loss_fn, y[task], y_pred[task])
-            losses.append(masked_task_loss(loss_fn, labels, y_pred[task], weight))
+            losses.append(masked_task_loss(loss_fn, labels, y_pred[task], weight,
+                                           count=_mean_over_replicas))
         return ops.stack(losses)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
@@ -441,10 +451,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         self._track_step(x, self._weighted_total(weighted), None, task_losses,
                          ops.ones_like(task_losses), True)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        # Gradient diagnostics, skipped steps and the balancer's objective
-        # exist only while training: `val_grad_norm_*` would be stale.
-        train_only = {m.name for m in self._training_only_trackers()}
-        return {name: value for name, value in logs.items() if name not in train_only}
+        return logs
 
     def _training_only_trackers(self) -> list:
         trackers = [*self._diagnostic_trackers, self._skipped_steps]
@@ -580,15 +587,25 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        with label_errors():
+        with label_errors(), self._evaluation():
             return super().evaluate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _evaluation(self):
+        """While evaluating, `metrics` leaves out the training-only logs, so
+        that Keras reads the final logs from the (replica-reduced) metrics."""
+        self._evaluating = True
+        try:
+            yield
+        finally:
+            self._evaluating = False
 
     def train_on_batch(self, *args, **kwargs):
         with label_errors():
             return super().train_on_batch(*args, **kwargs)
 
     def test_on_batch(self, *args, **kwargs):
-        with label_errors():
+        with label_errors(), self._evaluation():
             return super().test_on_batch(*args, **kwargs)
 
 
@@ -617,3 +634,8 @@ def _task_weight(task, value) -> float:
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _mean_over_replicas(value):
+    """The mean of `value` over the replicas in sync (itself on one device)."""
+    return engine.backend_module().replica_mean(value)

@@ -331,7 +331,8 @@ def element_mask(y_true, present, class_ids: bool, rank: int):
     return _to_rank(present, rank, reduce=True)
 
 
-def masked_task_loss(loss: keras.losses.Loss, y_true, y_pred, sample_weight=None):
+def masked_task_loss(loss: keras.losses.Loss, y_true, y_pred, sample_weight=None,
+                     count=None):
     """The task's mean loss over its present labels (0 if there are none).
 
     Args:
@@ -339,6 +340,10 @@ def masked_task_loss(loss: keras.losses.Loss, y_true, y_pred, sample_weight=None
         y_true: Labels, with missing entries marked by the sentinel or NaN.
         y_pred: The task output.
         sample_weight: Optional per-sample (or per-element) weights.
+        count: Optional function of this batch's number of present entries
+            returning the number to divide by. Replicas divide by the mean
+            count of all replicas, so that their mean is the global batch's
+            masked mean, as on one device.
 
     Returns:
         A float32 scalar.
@@ -356,7 +361,10 @@ def masked_task_loss(loss: keras.losses.Loss, y_true, y_pred, sample_weight=None
     if sample_weight is not None:
         sample_weight = ops.cast(sample_weight, "float32")
         weighted = weighted * _to_rank(sample_weight, len(values.shape), reduce=False)
-    return ops.divide_no_nan(ops.sum(weighted), ops.sum(mask))
+    present_count = ops.sum(mask)
+    if count is not None:
+        present_count = count(present_count)
+    return ops.divide_no_nan(ops.sum(weighted), present_count)
 
 
 def _to_rank(tensor, rank: int, reduce: bool):

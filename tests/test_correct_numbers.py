@@ -1,6 +1,7 @@
 """What users read is right: masked metrics, one meaning of `loss`,
 evaluation without side effects, clear errors for bad class ids."""
 
+import json
 import os
 import subprocess
 import sys
@@ -275,3 +276,29 @@ def test_import_under_an_unsupported_backend_names_the_backends():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "'numpy'" in result.stderr and "tensorflow" in result.stderr
+
+
+@pytest.mark.parametrize("balancer", ["none", "mgda"])
+def test_masked_losses_and_metrics_under_mirrored_strategy_equal_one_device(
+        tmp_path, balancer):
+    here = os.path.dirname(__file__)
+    out = tmp_path / "logs.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(here, "_masked_metrics_worker.py"), balancer,
+         str(out)], cwd=here, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    logs = json.loads(out.read_text())
+    for run in ("mirrored", "single"):
+        for key in ("a_accuracy", "b_mae"):
+            assert logs[run]["evaluate"][key] == pytest.approx(
+                logs[run]["by_hand"][key], rel=1e-5), (run, key)
+            # Learning rate 0: training sees the same model as evaluation.
+            assert logs[run]["fit"][key] == pytest.approx(
+                logs[run]["by_hand"][key], rel=1e-5), (run, key)
+    # Losses, metrics and updates of 2 replicas equal one device's, missing
+    # labels included: each replica divides by the mean present count.
+    for stage in ("fit", "evaluate"):
+        for key, value in logs["single"][stage].items():
+            assert logs["mirrored"][stage][key] == pytest.approx(value, rel=1e-5)
+    for mirrored, single in zip(logs["mirrored"]["weights"], logs["single"]["weights"]):
+        np.testing.assert_allclose(mirrored, single, rtol=1e-5, atol=1e-6)

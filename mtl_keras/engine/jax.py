@@ -39,6 +39,10 @@ def unscale_for_distribution(value):
     return value
 
 
+def replica_mean(value):
+    return value
+
+
 def _flat_rows(cotangents, num_tasks: int):
     return jnp.concatenate(
         [jnp.reshape(c.astype("float32"), (num_tasks, -1)) for c in cotangents],

@@ -106,7 +106,7 @@ class GradNorm(GramianBalancer):
 
     def compute_weights(self, task_losses, gramian):
         # A snapshot: the state is read from the stateless scope's mapping.
-        weights = ops.convert_to_tensor(self.task_weights)
+        weights = ops.copy(self.task_weights.value)
         gradient = gradnorm_gradient(
             weights, gramian, self._loss_ratios(task_losses), self.alpha
         )

@@ -153,7 +153,7 @@ class NashMTL(GramianBalancer):
         correlation = gramian / ops.outer(norms, norms)
         correlation = correlation * ops.outer(keep, keep) + ops.diag(1.0 - keep)
 
-        previous = ops.convert_to_tensor(self.last_weights)
+        previous = ops.copy(self.last_weights.value)
         has_previous = ops.all(previous > 0.0) & ops.all(ops.isfinite(previous))
         ones = ops.ones((num,), dtype=gramian.dtype)
         # α solves M α = 1/α iff γ = ‖g‖∘α solves C γ = 1/γ.
@@ -175,7 +175,7 @@ class NashMTL(GramianBalancer):
             weights = ops.cond(
                 ops.mod(self.step_counter.value, self.update_every) == 0,
                 lambda: self._solve(gramian),
-                lambda: ops.convert_to_tensor(self.last_weights),
+                lambda: ops.copy(self.last_weights.value),
             )
         self.last_weights.assign(weights)
         self.step_counter.assign_add(1)

@@ -132,6 +132,16 @@ def check_evaluation_and_masked_metrics():
     return [sorted(history), result["loss"], by_hand, unchanged]
 
 
+def check_dynamic_weight_average():
+    """DWA (an epoch-level callback) on JAX: `[a_weight, b_weight]` per epoch."""
+    x, y = data()
+    model = build()
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES)
+    history = model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
+        mtl_keras.callbacks.DynamicWeightAverage()]).history
+    return [history["a_weight"], history["b_weight"]]
+
+
 def check_continue_tf_file(tf_file, jax_file):
     """Loads a `.keras` file trained on TF, reports its balancer state,
     trains one more epoch on JAX and saves it for TF to continue."""

@@ -129,3 +129,11 @@ def test_two_devices_train_like_one(tmp_path):
     assert gaps.pop("devices") == 2
     # Float32 sums in another order: same weights to ~1e-5 after 4 steps.
     assert max(gaps.values()) < 1e-4, gaps
+
+
+def test_dynamic_weight_average_on_jax(jax_results):
+    a_weight, b_weight = jax_results["results"]["check_dynamic_weight_average"]
+    np.testing.assert_allclose(a_weight[:2] + b_weight[:2], [1.0] * 4)
+    # From the third epoch on, DWA's weights move and still sum to K = 2.
+    np.testing.assert_allclose(np.add(a_weight, b_weight), 2.0, rtol=1e-5)
+    assert a_weight[2:] != [1.0, 1.0]

@@ -71,11 +71,18 @@ import tensorflow as tf  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 import mtl_keras  # noqa: E402
-from mtl_keras import architectures, gradients  # noqa: E402
+from mtl_keras import architectures  # noqa: E402
 from mtl_keras import balancers as balancers_lib  # noqa: E402
-from mtl_keras.balancers.base import GradientBalancer, LossBalancer  # noqa: E402
+from mtl_keras.balancers.base import (  # noqa: E402
+    GradientBalancer,
+    GramianBalancer,
+    JacobianBalancer,
+    LossBalancer,
+)
 from mtl_keras.datasets import shapes  # noqa: E402
 from mtl_keras.demo import SHAPES_LOSSES  # noqa: E402
+from mtl_keras.engine import core as engine_core  # noqa: E402
+from mtl_keras.engine import tensorflow as tf_engine  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "overhead.md"
@@ -174,7 +181,7 @@ def build_network(tasks: Sequence[str], image_size: int, width: int, seed: int =
     return base.inputs, {task: outputs[task] for task in tasks}, shared
 
 
-class JacobianOnly(GradientBalancer):
+class JacobianOnly(GramianBalancer):
     """The gradient engine with a solver that costs nothing: equal weights.
 
     Its update is the plain sum of the task gradients, so a model trained
@@ -187,19 +194,26 @@ class JacobianOnly(GradientBalancer):
         return ops.ones_like(task_losses)
 
 
+class UnguardedTrainer(tf_engine.TensorFlowTrainer):
+    """The TensorFlow trainer with an update not wrapped in `ops.cond`."""
+
+    def apply_if_finite(self, finite, grads) -> None:
+        grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
+                 for g in grads]
+        self.model.optimizer.apply(grads, self.model.trainable_variables)
+
+
 class UnguardedApply(mtl_keras.MultiTaskModel):
     """Probe: a `MultiTaskModel` whose update is not wrapped in `ops.cond`.
 
-    `MultiTaskModel._apply_if` skips a step with a non-finite task loss by
-    running `optimizer.apply` inside `ops.cond`. This probe zeroes the
-    gradients of such a step instead (what the model already does under
-    `tf.distribute`), to measure what the conditional costs.
+    The trainer's `apply_if_finite` skips a step with a non-finite task
+    loss by running `optimizer.apply` inside `ops.cond`. This probe zeroes
+    the gradients of such a step instead (what the trainer already does
+    under `tf.distribute`), to measure what the conditional costs.
     """
 
-    def _apply_if(self, finite, grads) -> None:
-        grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
-                 for g in grads]
-        self.optimizer.apply(grads, self.trainable_variables)
+    def _make_trainer(self):
+        return UnguardedTrainer(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,7 +514,7 @@ def jacobian_times(tasks, batch, settings: Settings, xla: bool) -> dict[str, flo
     def one_gradient(x, y):
         with tf.GradientTape() as tape:
             total = ops.sum(task_losses(x, y))
-        return gradients.flatten(tape.gradient(total, model.trainable_variables))
+        return engine_core.flatten(tape.gradient(total, model.trainable_variables))
 
     def jacobian(method, heads):
         def compute(x, y):
@@ -509,11 +523,11 @@ def jacobian_times(tasks, batch, settings: Settings, xla: bool) -> dict[str, flo
             targets = list(model.shared_variables)
             if heads == "in_loop":
                 targets += model.head_variables
-            result = gradients.task_jacobian(tape, losses, targets, method)
+            result = tf_engine.task_jacobian(tape, losses, targets, method)
             if heads == "pass":
                 head_grads = tape.gradient(losses, model.head_variables,
                                            output_gradients=ops.ones_like(losses))
-                return result, gradients.flatten(head_grads)
+                return result, engine_core.flatten(head_grads)
             return result
         return compute
 
@@ -532,7 +546,7 @@ def jacobian_times(tasks, batch, settings: Settings, xla: bool) -> dict[str, flo
 def solver_time(name: str, num_tasks: int, num_params: int, xla: bool,
                 calls: int) -> float:
     """Milliseconds of one call of a balancer's own math, in a `tf.function`
-    (a random Gramian, or Jacobian for `needs_jacobian` methods)."""
+    (a random Gramian, or Jacobian for `JacobianBalancer`s)."""
     balancer = balancers_lib.get(name)
     balancer.build_for_tasks([f"t{k}" for k in range(num_tasks)])
     rng = np.random.default_rng(0)
@@ -541,7 +555,7 @@ def solver_time(name: str, num_tasks: int, num_params: int, xla: bool,
         function = tf.function(balancer.balance, jit_compile=xla, autograph=False)
         return median_ms(function, (task_losses,), calls)
     jacobian = tf.constant(rng.normal(size=(num_tasks, num_params)), "float32")
-    if balancer.needs_jacobian:
+    if isinstance(balancer, JacobianBalancer):
         balancer.build_for_jacobian(num_params)
         function = tf.function(balancer.direction, jit_compile=xla, autograph=False)
         return median_ms(function, (task_losses, jacobian), calls)
@@ -859,7 +873,7 @@ balancers ≤ 1 + 0.35·(K−1) (1.35, 1.70, 2.40 for K = 2, 3, 5), `mode="rep"`
 `{ENGINE}` and `{ENGINE_REP}` train with a gradient balancer that returns
 equal weights, so they pay the gradient engine and no balancing math;
 `{ENGINE_UNGUARDED}` is the
-same with `MultiTaskModel._apply_if` overridden to apply zeroed gradients
+same with `TensorFlowTrainer.apply_if_finite` overridden to apply zeroed gradients
 instead of running `optimizer.apply` inside `ops.cond` (a probe, see
 `UnguardedApply`).{_xla_rows_note(settings)}
 

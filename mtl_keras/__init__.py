@@ -9,17 +9,17 @@ import importlib
 
 import keras
 
-#: The Keras backends `mtl_keras` runs on.
-SUPPORTED_BACKENDS = ("tensorflow",)
+#: The Keras backends `mtl_keras` runs on (see `mtl_keras.engine`).
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
 
 if keras.backend.backend() not in SUPPORTED_BACKENDS:
     raise ImportError(
         f"mtl_keras runs on the Keras backend(s) {', '.join(SUPPORTED_BACKENDS)}; "
         f"this process uses '{keras.backend.backend()}' (KERAS_BACKEND). Set "
-        "KERAS_BACKEND=tensorflow before importing keras, or leave it unset."
+        "KERAS_BACKEND to one of them before importing keras."
     )
 
-from mtl_keras import balancers, callbacks  # noqa: E402
+from mtl_keras import balancers, callbacks, engine  # noqa: E402
 from mtl_keras.masked_metric import MaskedMetric  # noqa: E402
 from mtl_keras.model import MultiTaskModel  # noqa: E402
 from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
@@ -47,5 +47,6 @@ __all__ = [
     "TaskWeights",
     "balancers",
     "callbacks",
+    "engine",
     *_LAZY_SUBMODULES,
 ]

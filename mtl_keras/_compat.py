@@ -31,8 +31,10 @@ class DistributedBuildFix:
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is None or keras.backend.backend() != "tensorflow":
+            return super()._maybe_symbolic_build(iterator, data_batch)
         strategy = self.distribute_strategy
-        if iterator is None or not isinstance(
+        if not isinstance(
                 strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return super()._maybe_symbolic_build(iterator, data_batch)
         for _, _, batches in iterator:

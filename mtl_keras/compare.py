@@ -169,8 +169,8 @@ def check_methods(methods: Sequence[str]) -> list[str]:
             message lists the available names.
     """
     methods = [str(method).strip() for method in methods]
-    known = {name.replace("_", "-") for name in available_methods()}
-    unknown = [m for m in methods if m.lower().replace("_", "-") not in known]
+    known = {balancers.normalise_name(name) for name in available_methods()}
+    unknown = [m for m in methods if balancers.normalise_name(m) not in known]
     if unknown or not methods:
         raise ValueError(
             f"Unknown method(s) {unknown or methods}. Available methods: "
@@ -187,7 +187,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 def _balancer_and_callbacks(method: str):
     if method == SINGLE_TASK:
         return None, []
-    if method.lower() == DWA:
+    if balancers.normalise_name(method) == DWA:
         return None, [DynamicWeightAverage()]
     return balancers.get(method), []
 

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from mtl_keras import _compat, gradients
+from mtl_keras import _compat, engine
 from mtl_keras import balancers as balancers_lib
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
 from mtl_keras.masked_metric import MaskedMetric
@@ -293,7 +293,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                     "feeds more than one task. Pass `shared=` to "
                     "MultiTaskModel, or use a loss balancer."
                 )
-            if self.balancer.needs_jacobian and self.balancer.mode == "params":
+            if self.balancer.mode == "params":
                 size = sum(int(np.prod(v.shape)) for v in self.shared_variables)
                 self.balancer.build_for_jacobian(size)
 
@@ -307,7 +307,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         self._skipped_steps = keras.metrics.Sum(name="skipped_steps")
         self._diagnostic_trackers = []
         if isinstance(self.balancer, GradientBalancer) and self._diagnostics != "none":
-            names = gradients.diagnostic_names(self.task_names, self._cosines())
+            names = engine.diagnostic_names(self.task_names, self._cosines())
             self._diagnostic_trackers = [mean(name=n) for n in names]
 
     def _cosines(self) -> bool:
@@ -424,15 +424,26 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         # Keras 3.15 reduces a multi-worker step's logs with
         # `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
         # (for a plain keras.Model too); a (1,) shape reduces to the scalar.
+        if keras.backend.backend() != "tensorflow":
+            return logs
         strategy = self.distribute_strategy
         if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return logs
         return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
-    def test_step(self, data):
+    def test_step(self, *args):
         """Evaluates one batch: the task losses, `loss` (Σ task weight ×
         task loss + regularization) and the masked metrics. The balancer is
-        not called, so evaluation changes none of its state."""
+        not called, so evaluation changes none of its state.
+
+        On JAX Keras calls `test_step(state, data)` and expects `(logs,
+        state)`: the backend's trainer runs `_evaluate_batch` statelessly.
+        """
+        if len(args) == 2:
+            return self._trainer.test_step(*args)
+        return self._distributable_logs(self._evaluate_batch(args[0]))
+
+    def _evaluate_batch(self, data) -> dict:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
         task_losses = self.compute_task_losses(y, y_pred, sample_weight)
@@ -440,7 +451,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         self._track_step(x, self._weighted_total(weighted), None, task_losses,
                          ops.ones_like(task_losses), True)
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return self._distributable_logs(logs)
+        return logs
 
     def _training_only_trackers(self) -> list:
         trackers = [*self._diagnostic_trackers, self._skipped_steps]
@@ -448,11 +459,11 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             trackers.append(self._balanced_loss_tracker)
         return trackers
 
-    def train_step(self, data):
-        return self._distributable_logs(self._train_step(data))
+    def train_step(self, *args):
+        """One step of the backend's trainer (`mtl_keras.engine`).
 
-    def _train_step(self, data):
-        """One step: a loss-balanced backward pass, or the gradient engine.
+        On TensorFlow Keras calls `train_step(data)`; on JAX it calls
+        `train_step(state, data)` and expects `(logs, new_state)`.
 
         A step whose task losses (or, without loss scaling, gradients) are
         not all finite is skipped (no weight, optimizer or balancer update)
@@ -461,70 +472,46 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         `mtl_keras.callbacks.TerminateOnNonFiniteLoss` stops training with
         the tasks named.
         """
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(self.balancer, GradientBalancer):
-            return self._gradient_train_step(x, y, sample_weight)
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            task_losses = self.compute_task_losses(y, y_pred, sample_weight)
-            weighted = self.task_weights(task_losses)
-            total, balance = self._balanced_total(weighted)
-            regularization = self._regularization_loss()
-            loss = gradients.scale_for_distribution(total + regularization)
-            scaled_loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, self.trainable_variables)
-        finite = self._check_finite(task_losses, self._gradients_finite(grads))
-        self._apply_if(finite, grads)
-        self._track_step(x, ops.sum(weighted) + regularization, total + regularization,
-                         task_losses, balance, finite)
-        if getattr(self.balancer, "needs_post_step_losses", False):
-            self._post_step_update(x, y, sample_weight, weighted, finite)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if len(args) == 2:  # JAX: stateless
+            return self._trainer.train_step(*args)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(args[0])
+        step = self._trainer.train_step(x, y, sample_weight)
+        return self._finish_step(x, y, sample_weight, step)
 
-    def _gradients_finite(self, grads, axis=None):
-        """Whether the gradients are finite (per row of J with `axis=1`).
+    def _finish_step(self, x, y, sample_weight, step):
+        """The bookkeeping of a step: skipped-step flags, loss trackers,
+        gradient diagnostics and metrics; returns the logs."""
+        finite = self._record_finite(step.finite_tasks)
+        self._track_step(x, step.loss, step.balanced_loss, step.task_losses,
+                         step.balance, finite)
+        if step.gramian is not None:
+            for tracker, value in zip(self._diagnostic_trackers,
+                                      engine.diagnostics(step.gramian,
+                                                         self._cosines())):
+                tracker.update_state(
+                    value, sample_weight=ops.cast(step.balanced, "float32"))
+        logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
+        return self._distributable_logs(logs)
 
-        Under loss scaling, always: the LossScaleOptimizer skips non-finite
-        gradients itself and lowers its scale.
-        """
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            return True
-        if axis is not None:
-            return ops.all(ops.isfinite(grads), axis=axis)
-        return ops.all(ops.stack(
-            [ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+    @property
+    def _trainer(self):
+        """The trainer of the current Keras backend (untracked)."""
+        trainer = self.__dict__.get("_trainer_instance")
+        if trainer is None:
+            trainer = self._make_trainer()
+            object.__setattr__(self, "_trainer_instance", trainer)
+        return trainer
 
-    def _check_finite(self, task_losses, grads_finite=True):
-        """All-reduced flag: every task loss (and gradient) is finite on
-        every replica.
+    def _make_trainer(self):
+        return engine.get_trainer(self)
 
-        A finite loss can still give a non-finite gradient (an infinite
-        input into a saturated unit gives inf·0). `grads_finite` is a flag,
-        or one per task (rows of J); a single flag false while every loss
-        is finite flags every task, since none can be singled out.
-        """
-        losses_finite = ops.isfinite(task_losses)
-        blame_gradients = ops.logical_or(
-            grads_finite, ops.logical_not(ops.all(losses_finite)))
-        flags = ops.cast(ops.logical_and(losses_finite, blame_gradients), "float32")
-        flags = gradients.all_reduce_sum(flags) / gradients.num_replicas()
-        finite_tasks = ops.equal(flags, 1.0)
+    def _record_finite(self, finite_tasks):
+        """Flags the tasks of a skipped step; returns whether all are finite."""
         finite = ops.all(finite_tasks)
         flags = self.task_weights.nonfinite_tasks
         not_finite = 1.0 - ops.cast(finite_tasks, flags.dtype)
-        flags.assign(ops.where(finite, flags, not_finite))
+        flags.assign(ops.where(finite, ops.convert_to_tensor(flags), not_finite))
         return finite
-
-    def _apply_if(self, finite, grads) -> None:
-        trainable = self.trainable_variables
-        if tf.distribute.has_strategy():  # even a one-replica strategy
-            # optimizer.apply merges replicas, which cannot happen inside a
-            # cond: zero the update instead (moments still decay one step).
-            grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
-                     for g in grads]
-            self.optimizer.apply(grads, trainable)
-            return
-        ops.cond(finite, lambda: self.optimizer.apply(grads, trainable), lambda: None)
 
     def _track_step(self, x, loss, balanced_loss, task_losses, balance,
                     finite) -> None:
@@ -542,105 +529,6 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 ops.where(finite, balanced_loss, 0.0), sample_weight=count)
         self._skipped_steps.update_state(1.0 - ops.cast(finite, "float32"))
         self._update_task_trackers(task_losses, balance, counted=finite)
-
-    def _post_step_update(self, x, y, sample_weight, losses_before, finite) -> None:
-        """FAMO-style: the same batch's losses after the optimizer step."""
-        y_pred = self(x, training=False)
-        losses_after = self.task_weights(
-            self.compute_task_losses(y, y_pred, sample_weight))
-        losses_before = gradients.all_reduce_sum(
-            gradients.scale_for_distribution(ops.stop_gradient(losses_before)))
-        losses_after = gradients.all_reduce_sum(
-            gradients.scale_for_distribution(ops.stop_gradient(losses_after)))
-        ops.cond(
-            ops.logical_and(finite, ops.all(ops.isfinite(losses_after))),
-            lambda: self.balancer.update_after_step(losses_before, losses_after),
-            lambda: None,
-        )
-
-    def _gradient_train_step(self, x, y, sample_weight):
-        rep_mode = self.balancer.mode == "rep"
-        with tf.GradientTape(persistent=True) as tape:
-            if rep_mode:
-                y_pred, representation = self._representation_model()(x, training=True)
-            else:
-                y_pred = self(x, training=True)
-            task_losses = self.compute_task_losses(y, y_pred, sample_weight)
-            weighted = gradients.scale_for_distribution(self.task_weights(task_losses))
-            regularization = gradients.scale_for_distribution(
-                self._regularization_loss())
-            scaled = self.optimizer.scale_loss(weighted)
-        loss_scale = ops.cast(self.optimizer.scale_loss(ops.ones(())), "float32")
-        targets = [representation] if rep_mode else self.shared_variables
-        jacobian = gradients.task_jacobian(tape, scaled, targets, self._jacobian_method)
-        jacobian = gradients.all_reduce_sum(jacobian)
-        global_losses = gradients.all_reduce_sum(weighted)
-        finite = self._check_finite(
-            task_losses, self._gradients_finite(jacobian, axis=1))
-        # With loss scaling, J may overflow while the losses are finite: the
-        # balancer must not see it (its state would turn NaN); the non-finite
-        # update then makes the LossScaleOptimizer skip and lower its scale.
-        usable = ops.logical_and(finite, ops.all(ops.isfinite(jacobian)))
-        safe_jacobian = ops.where(usable, jacobian, 0.0) / loss_scale
-        gramian = ops.matmul(safe_jacobian, ops.transpose(safe_jacobian))
-        update, balance = ops.cond(
-            usable,
-            lambda: self._balance_gradients(global_losses, gramian, safe_jacobian),
-            lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(global_losses)),
-        )
-        balance = ops.stop_gradient(balance)
-        update = ops.where(usable, update * loss_scale, ops.sum(jacobian, axis=0))
-        grads = self._balanced_gradients(
-            tape, scaled, regularization, balance, update, targets)
-        del tape
-        self._apply_if(finite, grads)
-
-        unscale = gradients.unscale_for_distribution
-        self._track_step(x, unscale(ops.sum(weighted) + regularization),
-                         unscale(ops.sum(balance * weighted) + regularization),
-                         task_losses, balance, finite)
-        diagnostics = gradients.diagnostics(gramian, self._cosines())
-        for tracker, value in zip(self._diagnostic_trackers, diagnostics):
-            tracker.update_state(value, sample_weight=ops.cast(usable, "float32"))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def _balance_gradients(self, task_losses, gramian, jacobian):
-        """`(update or zeros, weights)`; the update is `wᵀJ` unless the
-        balancer computes its own from J."""
-        if self.balancer.needs_jacobian:
-            return self.balancer.direction(task_losses, jacobian)
-        weights = self.balancer.balance(task_losses, gramian)
-        return ops.matmul(weights[None, :], jacobian)[0], weights
-
-    def _balanced_gradients(self, tape, scaled, regularization, balance, update,
-                            targets):
-        """Gradients for every trainable variable, in `trainable_variables` order.
-
-        Shared part: the balanced update (`wᵀJ` or the balancer's own) in
-        params mode; in rep mode it is pulled back through the trunk. Heads:
-        the gradient of `Σ w_k L_k`, the weights held constant.
-        """
-        # J was summed over replicas and optimizer.apply sums again.
-        update = update / gradients.num_replicas()
-        if self.balancer.mode == "rep":
-            representation = targets[0]
-            upstream = ops.reshape(ops.cast(update, representation.dtype),
-                                   ops.shape(representation))
-            shared_grads = tape.gradient(representation, self.shared_variables,
-                                         output_gradients=upstream)
-        else:
-            shared_grads = gradients.unflatten(update, self.shared_variables)
-        head_grads = tape.gradient(
-            scaled, self.head_variables,
-            output_gradients=ops.cast(balance, scaled.dtype))
-        if self.losses:
-            shared_grads = gradients.add_gradients(
-                shared_grads, tape.gradient(regularization, self.shared_variables))
-            head_grads = gradients.add_gradients(
-                head_grads, tape.gradient(regularization, self.head_variables))
-        by_id = {id(v): g for v, g in zip(self.shared_variables, shared_grads)}
-        by_id.update({id(v): g for v, g in zip(self.head_variables, head_grads)})
-        return [by_id[id(v)] for v in self.trainable_variables]
 
     # ------------------------------------------------------------ utilities
 
@@ -750,4 +638,4 @@ def _as_list(value) -> list:
 
 def _mean_over_replicas(value):
     """The mean of `value` over the replicas in sync (itself on one device)."""
-    return gradients.all_reduce_sum(value) / gradients.num_replicas()
+    return engine.backend_module().replica_mean(value)

@@ -92,7 +92,7 @@ class TaskWeights(keras.layers.Layer):
 
     def reset_history(self, owner: float) -> None:
         """Empties the history and records who fills it next."""
-        self.history.assign(ops.zeros_like(self.history))
+        self.history.assign(ops.zeros(self.history.shape, self.history.dtype))
         self.history_count.assign(0.0)
         self.history_owner.assign(float(owner))
 

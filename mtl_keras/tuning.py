@@ -27,7 +27,7 @@ import keras
 import keras_tuner as kt
 
 from mtl_keras import balancers as balancers_lib
-from mtl_keras import gradients
+from mtl_keras import engine
 from mtl_keras import metrics as metrics_lib
 from mtl_keras.balancers.base import GradientBalancer
 from mtl_keras.callbacks import DynamicWeightAverage, MultiTaskScore
@@ -208,7 +208,7 @@ class MultiTaskHyperModel(kt.HyperModel):
             per_task |= {f"{task}_{m}" for m in self.metric_names[task]}
         names = {"loss", *per_task}
         if any(_is_gradient_balancer(b) for b in self.balancers or ()):
-            names |= set(gradients.diagnostic_names(self.tasks))
+            names |= set(engine.diagnostic_names(self.tasks))
         if model is not None:
             names |= {m.name for m in model.metrics} - {"compile_metrics"}
         return names | {f"val_{n}" for n in names} | {self.objective.name}
@@ -638,7 +638,7 @@ def _check_balancers(names) -> tuple[str, ...] | None:
     if isinstance(names, str):
         names = [names]
     known = [*CALLBACK_BALANCERS, *balancers_lib.available()]
-    normalised = tuple(n.strip().lower().replace("-", "_") for n in names)
+    normalised = tuple(balancers_lib.normalise_name(n) for n in names)
     unknown = [n for n, short in zip(names, normalised, strict=True)
                if short not in known]
     if unknown:

@@ -6,7 +6,13 @@ balancers weight tasks from the Gramian of their gradients. See
 """
 
 from mtl_keras.balancers.aligned_mtl import AlignedMTL
-from mtl_keras.balancers.base import Balancer, GradientBalancer, LossBalancer
+from mtl_keras.balancers.base import (
+    Balancer,
+    GradientBalancer,
+    GramianBalancer,
+    JacobianBalancer,
+    LossBalancer,
+)
 from mtl_keras.balancers.cagrad import CAGrad
 from mtl_keras.balancers.db_mtl import DBMTL
 from mtl_keras.balancers.dualproj import DualProj
@@ -20,7 +26,13 @@ from mtl_keras.balancers.imtl_l import IMTLL
 from mtl_keras.balancers.mgda import MGDA
 from mtl_keras.balancers.nash_mtl import NashMTL
 from mtl_keras.balancers.pcgrad import PCGrad
-from mtl_keras.balancers.registry import available, get, register, serialize
+from mtl_keras.balancers.registry import (
+    available,
+    get,
+    normalise_name,
+    register,
+    serialize,
+)
 from mtl_keras.balancers.rlw import RandomLossWeighting
 from mtl_keras.balancers.si import ScaleInvariant
 from mtl_keras.balancers.static import Static
@@ -39,8 +51,10 @@ __all__ = [
     "GradNorm",
     "GradVac",
     "GradientBalancer",
+    "GramianBalancer",
     "IMTLG",
     "IMTLL",
+    "JacobianBalancer",
     "LossBalancer",
     "MGDA",
     "NashMTL",
@@ -52,6 +66,7 @@ __all__ = [
     "UncertaintyWeighting",
     "available",
     "get",
+    "normalise_name",
     "register",
     "serialize",
 ]

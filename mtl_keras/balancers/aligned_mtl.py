@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
 
@@ -25,7 +25,7 @@ def _retained_scale(eigenvalues, retained, scale_mode: str):
 
 
 @register("aligned_mtl")
-class AlignedMTL(GradientBalancer):
+class AlignedMTL(GramianBalancer):
     """Aligns the task gradients into an orthogonal, equal-norm system.
 
     Senushkin et al., "Independent Component Alignment for Multi-Task

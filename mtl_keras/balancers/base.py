@@ -92,11 +92,48 @@ class Balancer(keras.layers.Layer):
             self.build_for_tasks(config["task_names"])
 
     def _state_variables(self) -> list:
-        # Keras layers save only their weights; a balancer's random streams
-        # (RLW, PCGrad's order, GradDrop) must resume too. `variables` is the
-        # public list of all layer state, seed generators' included (in the
-        # order weights, then seeds; balancers have no sublayers).
+        # Keras layers save only their own weights; a balancer's random
+        # streams (RLW, PCGrad's order, GradDrop) must resume too, and
+        # `variables` includes the seed generators' states.
         return list(self.variables)
+
+    # ------------------------------------------------------- explicit state
+
+    def get_state(self) -> list:
+        """The balancer's state: its non-trainable variables' values
+        (EMAs, counters, cached weights, random seeds)."""
+        # A copy: on TensorFlow a variable converted to a tensor stays a
+        # reference that later assignments would change.
+        return [ops.copy(v.value) for v in self.non_trainable_variables]
+
+    def set_state(self, state) -> None:
+        """Assigns a state returned by `get_state` or a `stateless_*` call."""
+        for variable, value in zip(self.non_trainable_variables, state):
+            variable.assign(value)
+
+    def stateless_call_method(self, method, state, *args):
+        """`(method(*args), new_state)`, a pure function of `state` and args.
+
+        The method reads the balancer's state from `state` (not from the
+        variables) and its assignments come back as `new_state` instead of
+        being written, so the computation can run inside a traced branch
+        (`ops.cond`) or a stateless JAX step; the caller assigns the new
+        state (`set_state`), as optax's `update(...) -> (updates, state)`.
+        """
+        variables = self.non_trainable_variables
+        mapping = list(zip(variables, state))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            outputs = method(*args)
+        new_state = [scope.get_current_value(v) for v in variables]
+        new_state = [old if new is None else ops.cast(new, old.dtype)
+                     for old, new in zip(state, new_state)]
+        return outputs, new_state
+
+    def _call_and_assign(self, method, *args):
+        outputs, new_state = self.stateless_call_method(
+            method, self.get_state(), *args)
+        self.set_state(new_state)
+        return outputs
 
     def save_own_variables(self, store):
         for i, variable in enumerate(self._state_variables()):
@@ -183,23 +220,22 @@ class LossBalancer(Balancer):
 
 
 class GradientBalancer(Balancer):
-    """A method that weights tasks from their gradients.
+    """Common base of the two gradient contracts.
 
-    Implement `compute_weights(task_losses, gramian) -> weights (K,)` where
-    `gramian = J Jᵀ` (K×K) and the rows of J are the task gradients over the
-    shared variables (`mode="params"`) or over the shared representation
-    (`mode="rep"`, MGDA-UB style). The model applies `wᵀJ` to the shared
-    variables and the gradient of `sum(w * task_losses)` to the task heads.
-    Weights are treated as constants (no gradient flows through them).
+    The rows of J are the task gradients over the shared variables
+    (`mode="params"`) or over the shared representation (`mode="rep"`,
+    MGDA-UB style). Implement one of the two contracts:
 
-    A method that truly needs J itself (GradDrop, DB-MTL's gradient EMA) sets
-    `needs_jacobian = True` and implements
-    `compute_direction(task_losses, jacobian) -> (update (P,), weights (K,))`
-    instead: `update` replaces `wᵀJ` on the shared part, `weights` still
-    weight the heads' losses.
+    - `GramianBalancer`: task weights from the Gramian `J Jᵀ` (K×K); the
+      shared update is `wᵀJ` (most methods).
+    - `JacobianBalancer`: its own shared update from J itself (GradDrop,
+      DB-MTL).
 
-    `balance(task_losses, gramian)` is callable eagerly on plain arrays, so a
-    method can be tested and compared with other libraries outside a model.
+    Either way the engine (`mtl_keras.engine`) runs the balancer through
+    `stateless_update(state, task_losses, jacobian, gramian) -> (update,
+    weights, new_state)` and assigns the new state, so the balancer also
+    runs inside a traced branch or a stateless (JAX) train step. The heads
+    get the gradient of `sum(w * task_losses)`; weights are constants.
 
     Args:
         mode: "params" (gradients over the shared variables) or "rep"
@@ -208,7 +244,6 @@ class GradientBalancer(Balancer):
     """
 
     kind = "gradient"
-    needs_jacobian: bool = False
 
     def __init__(self, mode: str = "params", name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
@@ -220,43 +255,109 @@ class GradientBalancer(Balancer):
         self.mode = mode
 
     def build_for_jacobian(self, num_params: int) -> None:
-        """Called by the model with P when `needs_jacobian` is set."""
+        """Called by the engine with P before the first step. Default: no-op."""
         del num_params
+
+    def stateless_update(self, state, task_losses, jacobian, gramian=None):
+        """`(update (P,), weights (K,), new_state)`: a pure function."""
+        raise NotImplementedError
+
+    def update_direction(self, task_losses, jacobian):
+        """The shared update from an explicit Jacobian (eager, for tests)."""
+        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
+        jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
+        self._ensure_built(task_losses)
+        self.build_for_jacobian(jacobian.shape[1])
+        update, _, new_state = self.stateless_update(
+            self.get_state(), task_losses, jacobian)
+        self.set_state(new_state)
+        return update
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+class GramianBalancer(GradientBalancer):
+    """A gradient method whose weights depend on the Gramian `J Jᵀ` only.
+
+    Implement `compute_weights(task_losses, gramian) -> weights (K,)`; it
+    may read and `assign` the balancer's non-trainable state, which the
+    base class turns into an explicit state in and out. `balance(task_losses,
+    gramian)` is callable eagerly on plain arrays, so a method can be tested
+    and compared with other libraries outside a model.
+
+    Example:
+
+    ```python
+    balancer = mtl_keras.balancers.get("mgda")
+    balancer.balance([1.0, 1.0], [[1.0, 0.0], [0.0, 4.0]])  # [0.8, 0.2]
+    ```
+    """
 
     def balance(self, task_losses, gramian):
         """Returns the task weights, shape (K,), from losses and Gramian."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         gramian = ops.convert_to_tensor(gramian, dtype="float32")
         self._ensure_built(task_losses)
+        return self._call_and_assign(self._weights, task_losses, gramian)
+
+    def _weights(self, task_losses, gramian):
         return ops.cast(self.compute_weights(task_losses, gramian), "float32")
 
     def compute_weights(self, task_losses, gramian):
         raise NotImplementedError
 
-    def direction(self, task_losses, jacobian):
-        """For `needs_jacobian` methods: the shared update and head weights."""
-        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
-        jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
-        self._ensure_built(task_losses)
-        update, weights = self.compute_direction(task_losses, jacobian)
-        return ops.cast(update, "float32"), ops.cast(weights, "float32")
+    def stateless_balance(self, state, task_losses, gramian):
+        """`(weights, new_state)`: the weights as a pure function of state."""
+        return self.stateless_call_method(self._weights, state, task_losses, gramian)
 
-    def compute_direction(self, task_losses, jacobian):
-        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
-        weights = self.compute_weights(task_losses, gramian)
-        return ops.matmul(weights[None, :], jacobian)[0], weights
-
-    def update_direction(self, task_losses, jacobian):
-        """The full update `wᵀJ` from an explicit Jacobian (for tests)."""
-        if self.needs_jacobian:
-            return self.direction(task_losses, jacobian)[0]
-        jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
-        gramian = ops.matmul(jacobian, ops.transpose(jacobian))
-        weights = self.balance(task_losses, gramian)
-        return ops.matmul(weights[None, :], jacobian)[0]
+    def stateless_update(self, state, task_losses, jacobian, gramian=None):
+        if gramian is None:
+            gramian = ops.matmul(jacobian, ops.transpose(jacobian))
+        weights, new_state = self.stateless_balance(state, task_losses, gramian)
+        return ops.matmul(weights[None, :], jacobian)[0], weights, new_state
 
     def call(self, task_losses, gramian):
         return self.balance(task_losses, gramian)
 
-    def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode}
+
+class JacobianBalancer(GradientBalancer):
+    """A gradient method that computes its own shared update from J itself.
+
+    Implement `compute_direction(task_losses, jacobian) -> (update (P,),
+    head_weights (K,))`: `update` replaces `wᵀJ` on the shared part,
+    `head_weights` weight the heads' losses. State as for
+    `GramianBalancer`.
+
+    Example:
+
+    ```python
+    balancer = mtl_keras.balancers.GradDrop(seed=0)
+    update, head_weights = balancer.direction([1.0, 1.0], [[1.0, -2.0],
+                                                           [3.0, 1.0]])
+    ```
+    """
+
+    def direction(self, task_losses, jacobian):
+        """The shared update (P,) and head weights (K,), state assigned."""
+        task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
+        jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
+        self._ensure_built(task_losses)
+        self.build_for_jacobian(jacobian.shape[1])
+        return self._call_and_assign(self._direction, task_losses, jacobian)
+
+    def _direction(self, task_losses, jacobian):
+        update, weights = self.compute_direction(task_losses, jacobian)
+        return ops.cast(update, "float32"), ops.cast(weights, "float32")
+
+    def compute_direction(self, task_losses, jacobian):
+        raise NotImplementedError
+
+    def stateless_update(self, state, task_losses, jacobian, gramian=None):
+        del gramian
+        (update, weights), new_state = self.stateless_call_method(
+            self._direction, state, task_losses, jacobian)
+        return update, weights, new_state
+
+    def call(self, task_losses, jacobian):
+        return self.direction(task_losses, jacobian)

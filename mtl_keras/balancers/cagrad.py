@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import (
     min_norm_simplex,
@@ -112,7 +112,7 @@ def cagrad_simplex_weights(gramian, c: float, iterations: int = 300):
 
 
 @register("cagrad")
-class CAGrad(GradientBalancer):
+class CAGrad(GramianBalancer):
     """Conflict-averse gradient descent.
 
     Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning",

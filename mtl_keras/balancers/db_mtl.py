@@ -5,14 +5,14 @@ from __future__ import annotations
 from keras import ops
 
 from mtl_keras import _compat
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import JacobianBalancer
 from mtl_keras.balancers.registry import register
 
 _EPS = 1e-8
 
 
 @register("db_mtl")
-class DBMTL(GradientBalancer):
+class DBMTL(JacobianBalancer):
     """Balances log-losses, then rescales every task to the largest gradient.
 
     Lin et al., "Dual-Balancing for Multi-Task Learning", 2023 (LibMTL's
@@ -47,8 +47,6 @@ class DBMTL(GradientBalancer):
     update, head_weights = balancer.direction(task_losses, jacobian)
     ```
     """
-
-    needs_jacobian = True
 
     def __init__(
         self,
@@ -96,12 +94,7 @@ class DBMTL(GradientBalancer):
             )
         self.num_params = num_params
 
-    def compute_weights(self, task_losses, gramian):
-        return 1.0 / (task_losses + _EPS)
-
     def compute_direction(self, task_losses, jacobian):
-        if self.num_params is None:
-            self.build_for_jacobian(jacobian.shape[1])
         log_gradients = jacobian / (task_losses[:, None] + _EPS)
         step = ops.convert_to_tensor(self.step_counter) + 1.0
         rate = self.beta / ops.power(step, self.beta_sigma)
@@ -112,7 +105,7 @@ class DBMTL(GradientBalancer):
         norms = ops.sqrt(ops.sum(average * average, axis=1))
         scales = ops.max(norms) / (norms + _EPS)
         update = ops.sum(scales[:, None] * average, axis=0)
-        return update, self.compute_weights(task_losses, None)
+        return update, 1.0 / (task_losses + _EPS)
 
     def get_build_config(self):
         config = super().get_build_config()

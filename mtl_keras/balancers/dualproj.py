@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.dual_cone import DualConeBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import min_quadratic_above
-from mtl_keras.balancers.upgrad import normalize_and_regularize
 
 
 @register("dualproj")
-class DualProj(GradientBalancer):
+class DualProj(DualConeBalancer):
     """Projects the mean gradient onto the dual cone of the task gradients.
 
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
@@ -36,27 +35,8 @@ class DualProj(GradientBalancer):
     ```
     """
 
-    def __init__(
-        self,
-        norm_eps: float = 1e-4,
-        reg_eps: float = 1e-4,
-        mode: str = "params",
-        name: str | None = None,
-        **kwargs,
-    ):
-        super().__init__(mode=mode, name=name, **kwargs)
-        self.norm_eps = float(norm_eps)
-        self.reg_eps = float(reg_eps)
-
     def compute_weights(self, task_losses, gramian):
         num = gramian.shape[0]
-        regularized = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
+        regularized = self.regularized_gramian(gramian)
         lower = ops.ones((num,), dtype=gramian.dtype) / num
         return min_quadratic_above(regularized, lower)
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "norm_eps": self.norm_eps,
-            "reg_eps": self.reg_eps,
-        }

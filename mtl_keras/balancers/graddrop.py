@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import JacobianBalancer
 from mtl_keras.balancers.registry import register
 
 
@@ -33,7 +33,7 @@ def graddrop_mask(jacobian, purity, uniform):
 
 
 @register("graddrop")
-class GradDrop(GradientBalancer):
+class GradDrop(JacobianBalancer):
     """Keeps, per coordinate, only the gradients of one randomly drawn sign.
 
     Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
@@ -43,7 +43,7 @@ class GradDrop(GradientBalancer):
     `Σ_k (leak_k + (1 − leak_k)·mask_k)·g_k`. The draws come from a
     `keras.random.SeedGenerator` whose state is a weight of this layer.
 
-    GradDrop needs the Jacobian itself (`needs_jacobian = True`); the task
+    GradDrop needs the Jacobian itself (a `JacobianBalancer`); the task
     heads keep weight 1. The paper computes the purity on activations,
     summing `g·sign(input)` over the batch; here it is computed per
     coordinate of whatever the model differentiates (shared parameters, or
@@ -64,8 +64,6 @@ class GradDrop(GradientBalancer):
     ```
     """
 
-    needs_jacobian = True
-
     def __init__(
         self,
         leak: float | list[float] = 0.0,
@@ -80,9 +78,6 @@ class GradDrop(GradientBalancer):
         )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def compute_weights(self, task_losses, gramian):
-        return ops.ones_like(task_losses)
 
     def compute_direction(self, task_losses, jacobian):
         purity = sign_purity(jacobian)

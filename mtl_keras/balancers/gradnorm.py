@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import adam_step
 
@@ -27,7 +27,7 @@ def gradnorm_gradient(weights, gramian, loss_ratios, alpha: float):
 
 
 @register("gradnorm")
-class GradNorm(GradientBalancer):
+class GradNorm(GramianBalancer):
     """Learns task weights that equalise the tasks' training rates.
 
     Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss
@@ -96,7 +96,8 @@ class GradNorm(GradientBalancer):
         """`L_i / L_i(0)`, recording `L_i(0)` at the first positive loss."""
         has_initial = ops.convert_to_tensor(self.has_initial_loss)
         record = (has_initial == 0.0) & (task_losses > 0.0)
-        initial = ops.where(record, task_losses, self.initial_losses)
+        initial = ops.where(
+            record, task_losses, ops.convert_to_tensor(self.initial_losses))
         has_initial = ops.where(record, 1.0, has_initial)
         self.initial_losses.assign(initial)
         self.has_initial_loss.assign(has_initial)
@@ -104,7 +105,8 @@ class GradNorm(GradientBalancer):
         return ops.where(has_initial > 0.0, task_losses / safe_initial, 1.0)
 
     def compute_weights(self, task_losses, gramian):
-        weights = ops.copy(self.task_weights)  # a snapshot: assigned below
+        # A snapshot: the state is read from the stateless scope's mapping.
+        weights = ops.copy(self.task_weights.value)
         gradient = gradnorm_gradient(
             weights, gramian, self._loss_ratios(task_losses), self.alpha
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.pcgrad import fixed_orders, random_orders
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
@@ -65,7 +65,7 @@ def vaccinate(gramian, orders, targets, beta: float):
 
 
 @register("gradvac")
-class GradVac(GradientBalancer):
+class GradVac(GramianBalancer):
     """Gradient vaccine: raises pairwise gradient cosines to adaptive targets.
 
     Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task

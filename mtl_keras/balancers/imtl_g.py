@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian, pinv_symmetric
 
 
 @register("imtl_g")
-class IMTLG(GradientBalancer):
+class IMTLG(GramianBalancer):
     """Weights whose update has equal projections on every unit task gradient.
 
     Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021. The

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import min_norm_simplex
 
@@ -31,7 +31,7 @@ def gradient_normalizers(task_losses, gramian, normalization: str):
 
 
 @register("mgda")
-class MGDA(GradientBalancer):
+class MGDA(GramianBalancer):
     """Multiple-gradient descent: the min-norm point of the task gradients.
 
     Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import update_norm
 
@@ -60,7 +60,7 @@ def bargaining_weights(gramian, starts, iterations: int = 25, reg_eps: float = 1
 
 
 @register("nash_mtl")
-class NashMTL(GradientBalancer):
+class NashMTL(GramianBalancer):
     """Weights from the Nash bargaining solution `M α = 1/α`.
 
     Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022. The
@@ -153,7 +153,7 @@ class NashMTL(GradientBalancer):
         correlation = gramian / ops.outer(norms, norms)
         correlation = correlation * ops.outer(keep, keep) + ops.diag(1.0 - keep)
 
-        previous = ops.copy(self.last_weights)
+        previous = ops.copy(self.last_weights.value)
         has_previous = ops.all(previous > 0.0) & ops.all(ops.isfinite(previous))
         ones = ops.ones((num,), dtype=gramian.dtype)
         # α solves M α = 1/α iff γ = ‖g‖∘α solves C γ = 1/γ.
@@ -175,7 +175,7 @@ class NashMTL(GradientBalancer):
             weights = ops.cond(
                 ops.mod(self.step_counter.value, self.update_every) == 0,
                 lambda: self._solve(gramian),
-                lambda: ops.copy(self.last_weights),
+                lambda: ops.copy(self.last_weights.value),
             )
         self.last_weights.assign(weights)
         self.step_counter.assign_add(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
 
@@ -55,7 +55,7 @@ def project_conflicting(gramian, orders):
 
 
 @register("pcgrad")
-class PCGrad(GradientBalancer):
+class PCGrad(GramianBalancer):
     """Projecting conflicting gradients, written on the Gramian.
 
     Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020. For

@@ -48,8 +48,12 @@ def available() -> list[str]:
     return sorted([*_REGISTRY, *_ALIASES])
 
 
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+def normalise_name(name: str) -> str:
+    """The registry spelling of a method name: `" Nash-MTL"` → `"nash_mtl"`.
+
+    The one normaliser used by the registry, tuning and `compare`.
+    """
+    return str(name).strip().lower().replace("-", "_")
 
 
 def get(identifier) -> Balancer | None:
@@ -72,7 +76,7 @@ def get(identifier) -> Balancer | None:
     if identifier is None or isinstance(identifier, Balancer):
         return identifier
     if isinstance(identifier, str):
-        name = _normalise(identifier)
+        name = normalise_name(identifier)
         if name in _ALIASES:
             target, kwargs = _ALIASES[name]
             return _REGISTRY[target](**kwargs)
@@ -87,7 +91,7 @@ def get(identifier) -> Balancer | None:
     if isinstance(identifier, dict):
         class_name = identifier.get("class_name", "")
         config = dict(identifier.get("config", {}))
-        short = _normalise(class_name)
+        short = normalise_name(class_name)
         if short in _ALIASES:
             short, alias_config = _ALIASES[short]
             config = {**alias_config, **config}

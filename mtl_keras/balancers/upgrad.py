@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.dual_cone import DualConeBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import min_quadratic_above
 
 
-def normalize_and_regularize(gramian, norm_eps: float, reg_eps: float):
-    """torchjd's preprocessing: `M / trace(M) + reg_eps·I`.
-
-    As in torchjd, a Gramian whose trace is below `norm_eps` counts as zero
-    (the threshold is absolute, so it depends on the scale of the losses).
-    """
-    trace = ops.trace(gramian)
-    normalized = ops.where(
-        trace < norm_eps, 0.0, gramian / ops.where(trace < norm_eps, 1.0, trace)
-    )
-    return normalized + reg_eps * ops.eye(gramian.shape[0], dtype=gramian.dtype)
-
-
 @register("upgrad")
-class UPGrad(GradientBalancer):
+class UPGrad(DualConeBalancer):
     """Averages the projections of each task gradient onto the dual cone.
 
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
@@ -54,27 +41,8 @@ class UPGrad(GradientBalancer):
     ```
     """
 
-    def __init__(
-        self,
-        norm_eps: float = 1e-4,
-        reg_eps: float = 1e-4,
-        mode: str = "params",
-        name: str | None = None,
-        **kwargs,
-    ):
-        super().__init__(mode=mode, name=name, **kwargs)
-        self.norm_eps = float(norm_eps)
-        self.reg_eps = float(reg_eps)
-
     def compute_weights(self, task_losses, gramian):
         num = gramian.shape[0]
-        regularized = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
+        regularized = self.regularized_gramian(gramian)
         lower = ops.eye(num, dtype=gramian.dtype) / num
         return ops.sum(min_quadratic_above(regularized, lower), axis=0)
-
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "norm_eps": self.norm_eps,
-            "reg_eps": self.reg_eps,
-        }

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
 
-from mtl_keras import gradients
+from mtl_keras import engine
 
 TASK_LOSSES = "Task losses"
 TASK_WEIGHTS = "Task weights"
@@ -132,7 +132,7 @@ def group_log_keys(task_names: Sequence[str], log_keys: Iterable[str]) -> dict:
     """
     groups = {"losses": {}, "weights": {}, "metrics": {}, "grad_norms": [],
               "grad_cosines": []}
-    diagnostics = set(gradients.diagnostic_names(task_names))
+    diagnostics = set(engine.diagnostic_names(task_names))
     by_length = sorted(task_names, key=len, reverse=True)
     for key in dict.fromkeys(log_keys):
         if key in diagnostics:

@@ -1,0 +1,87 @@
+"""Per-step time of gradient balancers on the current Keras backend.
+
+Times `fit` on the MultiMNIST LeNet (random images, batch 256, K = 2) for a
+plain `keras.Model`, the engine alone (a gradient balancer returning equal
+weights: K backward passes, no balancing math) and a few methods, with both
+ways of computing J (`jacobian="loop"`, `"pfor"`: `jax.vmap` over the VJP on
+JAX, pfor on TensorFlow). Ratios are to the plain model measured in the same
+run. Pick the backend with `KERAS_BACKEND`:
+
+    KERAS_BACKEND=jax python benchmarks/backends.py --steps 20
+    KERAS_BACKEND=tensorflow python benchmarks/backends.py --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mtl_keras  # noqa: E402
+from mtl_keras import architectures  # noqa: E402
+
+
+class EqualWeights(mtl_keras.balancers.GramianBalancer):
+    """The engine alone: J, its Gramian and the plumbing, weights all 1."""
+
+    def compute_weights(self, task_losses, gramian):
+        return ops.ones_like(task_losses)
+
+
+def make(balancer, jacobian):
+    keras.utils.set_random_seed(0)
+    model = architectures.multi_mnist_lenet()
+    if balancer == "plain":
+        model = keras.Model(model.input, model.output)
+        model.compile("sgd", loss="sparse_categorical_crossentropy")
+        return model
+    if balancer == "engine":
+        balancer = EqualWeights()
+    model.compile("sgd", loss="sparse_categorical_crossentropy",
+                  balancer=balancer, jacobian=jacobian)
+    return model
+
+
+def ms_per_step(model, x, y, steps, batch):
+    model.fit(x[:batch], {k: v[:batch] for k, v in y.items()}, batch_size=batch,
+              epochs=1, verbose=0)  # compile
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--methods", default="engine,upgrad,mgda,pcgrad,cagrad")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    rows = args.steps * args.batch
+    x = rng.random((rows, 28, 28, 1), dtype=np.float32)
+    y = {t: rng.integers(0, 10, rows).astype("int32") for t in ("left", "right")}
+    print(f"# {keras.backend.backend()} | {datetime.date.today()} | "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores | "
+          f"load {os.getloadavg()[0]:.1f} | batch {args.batch}, {args.steps} steps")
+    print("| method | jacobian | ms/step | × plain |")
+    print("|---|---|---|---|")
+    plain = ms_per_step(make("plain", None), x, y, args.steps, args.batch)
+    print(f"| plain keras.Model | - | {plain:.1f} | 1.00 |", flush=True)
+    for method in args.methods.split(","):
+        for jacobian in ("loop", "pfor"):
+            ms = ms_per_step(make(method, jacobian), x, y, args.steps, args.batch)
+            print(f"| {method} | {jacobian} | {ms:.1f} | {ms / plain:.2f} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The gradient engine on JAX: what differs from the neutral core.
+
+Keras' JAX trainer is stateless: `train_step(state, data)` gets the values
+of every variable and returns new ones. Here J comes from one `jax.vjp` of
+the task losses, pulled back K times (a loop of VJPs, or `jax.vmap` over
+the VJP); the balancer runs as a pure function of its state
+(`stateless_update`) inside `ops.cond`. Under `keras.distribution` arrays
+are global, so there is no replica reduction to do.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import keras
+from keras import ops
+
+from mtl_keras import balancers as balancers_lib
+from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.engine import core
+from mtl_keras.engine.core import BalancedGradients
+
+#: `compile(jacobian=...)` on JAX: "loop" (K VJPs) or "pfor" (`jax.vmap`).
+JACOBIAN_METHODS = ("loop", "pfor")
+
+
+def num_replicas() -> int:
+    """Always 1: JAX arrays are global under `keras.distribution`."""
+    return 1
+
+
+def scale_for_distribution(value):
+    return value
+
+
+def unscale_for_distribution(value):
+    return value
+
+
+def replica_mean(value):
+    return value
+
+
+def _flat_rows(cotangents, num_tasks: int):
+    return jnp.concatenate(
+        [jnp.reshape(c.astype("float32"), (num_tasks, -1)) for c in cotangents],
+        axis=1)
+
+
+def task_jacobian(vjp_fn, num_tasks: int, loss_scale=1.0, method: str = "loop"):
+    """J (K×P) and the head cotangents from a VJP of `(losses, reg)`.
+
+    Returns `(jacobian over the shared values, per-task head cotangents)`;
+    `vjp_fn` maps cotangents `((K,), ())` to `(shared, heads)` cotangents.
+    """
+    seeds = jnp.eye(num_tasks, dtype="float32") * loss_scale
+    zero = jnp.zeros((), "float32")
+    if method == "pfor":
+        shared, _ = jax.vmap(lambda seed: vjp_fn((seed, zero)))(seeds)
+        return _flat_rows(shared, num_tasks)
+    rows = [core.flatten(vjp_fn((seeds[k], zero))[0]) for k in range(num_tasks)]
+    return jnp.stack(rows)
+
+
+def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
+                   jacobian, has_regularization=False):
+    """The engine on values. `loss_fn(shared, heads)` returns
+    `((task_losses (K,), regularization ()), aux)`."""
+    (task_losses, regularization), vjp_fn, aux = jax.vjp(
+        loss_fn, list(shared_values), list(head_values), has_aux=True)
+    del regularization
+    scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
+    task_losses = ops.cast(task_losses, "float32")
+    num_tasks = task_losses.shape[0]
+    jacobian_matrix = task_jacobian(vjp_fn, num_tasks, scale, jacobian)
+    grads_finite = (True if loss_scale is not None
+                    else ops.all(ops.isfinite(jacobian_matrix), axis=1))
+    finite_tasks = core.finite_task_flags(task_losses, grads_finite)
+    usable = ops.logical_and(ops.all(finite_tasks),
+                             ops.all(ops.isfinite(jacobian_matrix)))
+    update, weights, gramian = core.guarded_balance(
+        balancer, ops.stop_gradient(task_losses), jacobian_matrix, usable, scale)
+    shared_grads = core.unflatten(update, shared_values)
+    # Heads and regularization: one more pull-back, weights held constant.
+    full_shared, head_grads = vjp_fn((weights * scale, jnp.asarray(scale, "float32")))
+    if callable(has_regularization):
+        has_regularization = has_regularization()
+    if has_regularization:
+        # The regularization's share of the shared gradients: what the full
+        # pull-back holds beyond `Σ w_k ∇L_k`. (Without regularizers the
+        # shared part of that pull-back is unused and XLA drops it.)
+        weighted_rows = core.unflatten(
+            ops.matmul(weights[None, :], jacobian_matrix)[0], shared_values)
+        shared_grads = [s + (f - w) for s, f, w in zip(shared_grads, full_shared,
+                                                        weighted_rows)]
+    result = BalancedGradients(
+        grads=list(shared_grads) + list(head_grads), weights=weights,
+        gramian=gramian, finite_tasks=finite_tasks, balanced=usable)
+    return result, aux
+
+
+def balanced_gradients(
+    loss_fn,
+    shared_values: list,
+    head_values: list,
+    balancer: GradientBalancer,
+    *,
+    loss_scale=None,
+    jacobian: str = "loop",
+) -> BalancedGradients:
+    """Balanced gradients of several task losses, on JAX (functional).
+
+    The JAX counterpart of `mtl_keras.engine.tensorflow.balanced_gradients`:
+    instead of a tape it takes a function of the shared and head values.
+    The balancer's state is read from and assigned to its variables, so
+    inside a jitted function wrap the call in a `keras.StatelessScope`
+    mapping `balancer.non_trainable_variables` to their values.
+
+    Args:
+        loss_fn: `loss_fn(shared_values, head_values) -> task_losses (K,)`.
+        shared_values: The shared parameters (arrays).
+        head_values: The other parameters.
+        balancer: A gradient balancer (or its name), `mode="params"`.
+        loss_scale: An optional loss scale multiplying every gradient.
+        jacobian: `"loop"` (K VJPs) or `"pfor"` (`jax.vmap` over the VJP).
+
+    Returns:
+        `BalancedGradients`, `grads` in `shared_values + head_values` order.
+    """
+    balancer = balancers_lib.get(balancer)
+    _check_balancer(balancer, jacobian)
+    balancer.build_for_jacobian(sum(int(v.size) for v in shared_values))
+
+    def losses_and_zero(shared, heads):
+        return (loss_fn(shared, heads), jnp.zeros((), "float32")), None
+
+    return _balanced_step(losses_and_zero, shared_values, head_values, balancer,
+                          loss_scale, jacobian)[0]
+
+
+def _check_balancer(balancer, jacobian: str) -> None:
+    if not isinstance(balancer, GradientBalancer):
+        raise ValueError(
+            f"balanced_gradients needs a gradient balancer, got {balancer!r}.")
+    if jacobian not in JACOBIAN_METHODS:
+        raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+    if balancer.mode == "rep":
+        raise NotImplementedError(
+            f"{type(balancer).__name__}(mode='rep') is not available on the "
+            "JAX backend yet: use mode='params' (e.g. 'mgda' for 'mgda_ub'), "
+            "or KERAS_BACKEND=tensorflow.")
+
+
+class _Forward(NamedTuple):
+    y_pred: object
+    task_losses: object
+    weighted: object
+    regularization: object
+    total: object
+    balance: object
+    non_trainable: list
+
+
+class JaxTrainer:
+    """`MultiTaskModel`'s stateless train step on JAX.
+
+    `train_step(state, data) -> (logs, state)` as Keras' JAX trainer
+    expects; the model's own bookkeeping (`_finish_step`) runs under a
+    `keras.StatelessScope` whose updates become the new state.
+
+    Args:
+        model: The `MultiTaskModel` to train.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.has_regularization = False
+
+    # ------------------------------------------------------------ pieces
+
+    def forward(self, trainable, non_trainable, x, y, sample_weight,
+                training=True) -> _Forward:
+        """The task losses as a pure function of the variables' values."""
+        model = self.model
+        mapping = (list(zip(model.trainable_variables, trainable))
+                   + list(zip(model.non_trainable_variables, non_trainable)))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            y_pred = model(x, training=training)
+            task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+            weighted = model.task_weights(task_losses)
+            # Known at trace time; read by the engine after the VJP.
+            self.has_regularization = bool(model.losses)
+            regularization = model._regularization_loss()
+            total, balance = model._balanced_total(weighted)
+            total = total + regularization
+        new_non_trainable = _current_values(
+            scope, model.non_trainable_variables, non_trainable)
+        return _Forward(y_pred, task_losses, weighted, regularization, total,
+                        balance, new_non_trainable)
+
+    def loss_scale(self, optimizer_values):
+        optimizer = self.model.optimizer
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return None
+        mapping = list(zip(optimizer.variables, optimizer_values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return ops.cast(optimizer.scale_loss(ops.ones(())), "float32")
+
+    def apply_if_finite(self, finite, grads, trainable, optimizer_values):
+        new_trainable, new_optimizer = self.model.optimizer.stateless_apply(
+            optimizer_values, grads, trainable)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        return ([keep(n, o) for n, o in zip(new_trainable, trainable)],
+                [keep(n, o) for n, o in zip(new_optimizer, optimizer_values)])
+
+    # ------------------------------------------------------------ the step
+
+    def train_step(self, state, data):
+        trainable, non_trainable, optimizer_values, metrics_values = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        loss_scale = self.loss_scale(optimizer_values)
+        if isinstance(self.model.balancer, GradientBalancer):
+            (step, weighted), grads, non_trainable = self.gradient_step(
+                trainable, non_trainable, x, y, sample_weight, loss_scale)
+        else:
+            (step, weighted), grads, non_trainable = self.loss_step(
+                trainable, non_trainable, x, y, sample_weight, loss_scale)
+        finite = ops.all(step.finite_tasks)
+        new_trainable, optimizer_values = self.apply_if_finite(
+            finite, grads, trainable, optimizer_values)
+        if getattr(self.model.balancer, "needs_post_step_losses", False):
+            non_trainable = self.post_step_update(
+                new_trainable, non_trainable, x, y, sample_weight,
+                weighted, finite)
+        logs, non_trainable, metrics_values = self.finish(
+            x, y, sample_weight, step, non_trainable, metrics_values)
+        return logs, (new_trainable, non_trainable, optimizer_values,
+                      metrics_values)
+
+    def loss_step(self, trainable, non_trainable, x, y, sample_weight, loss_scale):
+        scale = 1.0 if loss_scale is None else loss_scale
+
+        def scaled_total(values):
+            forward = self.forward(values, non_trainable, x, y, sample_weight)
+            return forward.total * scale, forward
+
+        (_, forward), grads = jax.value_and_grad(scaled_total, has_aux=True)(
+            list(trainable))
+        grads_finite = True
+        if loss_scale is None:
+            grads_finite = ops.all(ops.stack(
+                [ops.all(ops.isfinite(g)) for g in grads]))
+        finite_tasks = core.finite_task_flags(forward.task_losses, grads_finite)
+        step = core.TrainStep(
+            y_pred=forward.y_pred, task_losses=forward.task_losses,
+            balance=forward.balance,
+            loss=ops.sum(forward.weighted) + forward.regularization,
+            balanced_loss=forward.total, finite_tasks=finite_tasks)
+        return _Step(step, forward.weighted), grads, forward.non_trainable
+
+    def gradient_step(self, trainable, non_trainable, x, y, sample_weight,
+                      loss_scale):
+        model = self.model
+        _check_balancer(model.balancer, model._jacobian_method)
+        shared_ids = {id(v) for v in model.shared_variables}
+        is_shared = [id(v) in shared_ids for v in model.trainable_variables]
+        shared = [t for t, s in zip(trainable, is_shared) if s]
+        heads = [t for t, s in zip(trainable, is_shared) if not s]
+
+        def losses(shared_values, head_values):
+            shared_iter, head_iter = iter(shared_values), iter(head_values)
+            values = [next(shared_iter) if s else next(head_iter) for s in is_shared]
+            forward = self.forward(values, non_trainable, x, y, sample_weight)
+            return (forward.weighted, forward.regularization), forward
+
+        mapping = list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            result, forward = _balanced_step(
+                losses, shared, heads, model.balancer, loss_scale,
+                model._jacobian_method,
+                has_regularization=lambda: self.has_regularization)
+            balancer_values = _current_values(
+                scope, model.non_trainable_variables, non_trainable)
+        # Forward-pass updates (batch statistics, seeds), then the
+        # balancer's new state.
+        balancer_ids = {id(v) for v in model.balancer.non_trainable_variables}
+        non_trainable = [
+            b if id(v) in balancer_ids else f
+            for v, f, b in zip(model.non_trainable_variables,
+                               forward.non_trainable, balancer_values)]
+        shared_grads = iter(result.grads[:len(shared)])
+        head_grads = iter(result.grads[len(shared):])
+        grads = [next(shared_grads) if s else next(head_grads) for s in is_shared]
+        step = core.TrainStep(
+            y_pred=forward.y_pred, task_losses=forward.task_losses,
+            balance=result.weights,
+            loss=ops.sum(forward.weighted) + forward.regularization,
+            balanced_loss=(ops.sum(result.weights * forward.weighted)
+                           + forward.regularization),
+            finite_tasks=result.finite_tasks,
+            gramian=result.gramian, balanced=result.balanced)
+        return _Step(step, forward.weighted), grads, non_trainable
+
+    def post_step_update(self, trainable, non_trainable, x, y, sample_weight,
+                         losses_before, finite):
+        """FAMO-style: the same batch's losses after the optimizer step."""
+        model = self.model
+        after = self.forward(trainable, non_trainable, x, y, sample_weight,
+                             training=False).weighted
+        before = ops.stop_gradient(losses_before)
+        apply = ops.logical_and(finite, ops.all(ops.isfinite(after)))
+        mapping = list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            core.guarded_post_step(model.balancer, before, after, apply)
+        return _current_values(scope, model.non_trainable_variables, non_trainable)
+
+    def test_step(self, state, data):
+        """`(logs, state)`: the model's `_evaluate_batch`, statelessly."""
+        model = self.model
+        trainable, non_trainable, metrics_values = state
+        mapping = (list(zip(model.trainable_variables, trainable))
+                   + list(zip(model.non_trainable_variables, non_trainable))
+                   + list(zip(model.metrics_variables, metrics_values)))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = model._evaluate_batch(data)
+        return logs, (
+            trainable,
+            _current_values(scope, model.non_trainable_variables, non_trainable),
+            _current_values(scope, model.metrics_variables, metrics_values))
+
+    def finish(self, x, y, sample_weight, step, non_trainable, metrics_values):
+        """The model's bookkeeping, statelessly: `(logs, non_trainable,
+        metrics)`."""
+        model = self.model
+        mapping = (list(zip(model.non_trainable_variables, non_trainable))
+                   + list(zip(model.metrics_variables, metrics_values)))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = model._finish_step(x, y, sample_weight, step)
+        return (logs,
+                _current_values(scope, model.non_trainable_variables, non_trainable),
+                _current_values(scope, model.metrics_variables, metrics_values))
+
+
+class _Step(NamedTuple):
+    train_step: core.TrainStep
+    weighted_before: object
+
+
+def _current_values(scope, variables, defaults) -> list:
+    values = []
+    for variable, default in zip(variables, defaults):
+        value = scope.get_current_value(variable)
+        values.append(default if value is None else value)
+    return values

@@ -1,0 +1,348 @@
+"""The gradient engine on TensorFlow: what differs from the neutral core.
+
+J is computed with a persistent `tf.GradientTape` (K backward passes, or
+`tape.jacobian` with pfor); replicas are reduced with the `tf.distribute`
+replica context; loss scaling enters as the seed of every backward pass.
+`TensorFlowTrainer` is `MultiTaskModel`'s train step on this backend.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from mtl_keras import balancers as balancers_lib
+from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.engine import core
+from mtl_keras.engine.core import BalancedGradients
+
+JACOBIAN_METHODS = ("loop", "pfor")
+
+
+# ------------------------------------------------------------ replicas
+
+def num_replicas() -> int:
+    """Replicas in sync under the current `tf.distribute` strategy."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_distribution(value):
+    """Divides a per-replica loss by the replica count, as Keras losses do,
+    so that summing the replicas' gradients gives the global-batch mean."""
+    count = num_replicas()
+    return value if count == 1 else value / count
+
+
+def unscale_for_distribution(value):
+    """Inverse of `scale_for_distribution`."""
+    count = num_replicas()
+    return value if count == 1 else value * count
+
+
+def all_reduce_sum(value):
+    """Sums a tensor over replicas (identity on one device)."""
+    if num_replicas() == 1:
+        return value
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def replica_mean(value):
+    """Averages a tensor over replicas (identity on one device)."""
+    count = num_replicas()
+    return value if count == 1 else all_reduce_sum(value) / count
+
+
+# ------------------------------------------------------------ the Jacobian
+
+def _zeros_for_none(grads, targets) -> list:
+    # `unconnected_gradients=ZERO` crashes with Keras 3 variables on TF 2.21.
+    return [tf.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
+
+
+def task_jacobian(tape, task_losses, targets, method: str = "loop",
+                  loss_scale=1.0):
+    """The task Jacobian J (K×P): row k is ∇ (loss_scale·task_losses[k]).
+
+    Args:
+        tape: A persistent `tf.GradientTape` that recorded the losses.
+        task_losses: The (K,) losses.
+        targets: Variables or tensors (the shared representation).
+        method: `"loop"`: K `tape.gradient` calls. `"pfor"`:
+            `tape.jacobian` vectorised with pfor. On the reference model the
+            loop measured faster (benchmarks/overhead.py); the non-pfor
+            Jacobian must never be used (64× slower under XLA).
+        loss_scale: Seed of the backward passes (a loss scale multiplies
+            every gradient; the losses themselves stay unscaled).
+    """
+    num_tasks = task_losses.shape[0]
+    if method == "pfor":
+        if not (isinstance(loss_scale, float) and loss_scale == 1.0):
+            raise ValueError("jacobian='pfor' does not support loss scaling; "
+                             "use jacobian='loop' under mixed precision.")
+        jacobians = tape.jacobian(task_losses, targets, experimental_use_pfor=True)
+        rows = [
+            tf.reshape(tf.cast(j, "float32"), [num_tasks, -1]) if j is not None
+            else tf.zeros([num_tasks, int(np.prod(t.shape))], "float32")
+            for j, t in zip(jacobians, targets)
+        ]
+        return tf.concat(rows, axis=1)
+    rows = []
+    for k in range(num_tasks):
+        # Selecting task k by `output_gradients` (not by indexing the loss
+        # vector, an op the tape would not have recorded).
+        selector = tf.one_hot(k, num_tasks, dtype=task_losses.dtype) * loss_scale
+        grads = tape.gradient(task_losses, targets, output_gradients=selector)
+        rows.append(core.flatten(_zeros_for_none(grads, targets)))
+    return tf.stack(rows)
+
+
+# ------------------------------------------------------------ public entry
+
+def balanced_gradients(
+    tape: tf.GradientTape,
+    task_losses,
+    shared_variables: list,
+    head_variables: list,
+    balancer: GradientBalancer,
+    *,
+    representation=None,
+    regularization=None,
+    loss_scale=None,
+    jacobian: str = "loop",
+) -> BalancedGradients:
+    """Balanced gradients of several task losses, for a custom training loop.
+
+    The analogue of torchjd's `mtl_backward` for Keras on TensorFlow: the
+    per-task gradients over the shared part form J (K×P); the balancer turns
+    J (or its Gramian `J Jᵀ`) into task weights w and a shared update (`wᵀJ`,
+    or its own update for GradDrop / DB-MTL); the head variables get the
+    gradient of `Σ w_k L_k` with w held constant. This is the function
+    `MultiTaskModel.fit` uses.
+
+    Under a `tf.distribute` strategy, call it in replica context with each
+    replica's losses divided by the replica count (as Keras' losses are):
+    J and the losses are summed over replicas before balancing, so every
+    replica applies the update of the global batch.
+
+    Args:
+        tape: A persistent `tf.GradientTape` that recorded `task_losses`.
+        task_losses: The (K,) float32 task losses (already task-weighted).
+        shared_variables: The variables shared by the tasks.
+        head_variables: The other trainable variables (task heads, a
+            learnable balancer's variables).
+        balancer: A `mtl_keras.balancers.GradientBalancer` (or its name).
+        representation: For `mode="rep"` balancers: the shared
+            representation tensor, recorded on the tape; J is taken over it
+            and the update pulled back through the trunk.
+        regularization: An optional scalar added to the loss of every
+            variable (e.g. `sum(model.losses)`), recorded on the tape.
+        loss_scale: The dynamic loss scale of a `LossScaleOptimizer`
+            (`optimizer.scale_loss(1.0)`), or `None`. The returned gradients
+            are then scaled, as that optimizer expects.
+        jacobian: `"loop"` (K backward passes, the default) or `"pfor"`.
+
+    Returns:
+        A `BalancedGradients(grads, weights, gramian, finite_tasks,
+        balanced)`; `grads` follows `shared_variables + head_variables`.
+        A step with a non-finite task loss or gradient is not balanced
+        (`balanced` false, balancer state unchanged).
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import mtl_keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    trunk = keras.layers.Dense(8, activation="relu")
+    heads = [keras.layers.Dense(1), keras.layers.Dense(1)]
+    features = trunk(inputs)
+    model = keras.Model(inputs, [head(features) for head in heads])
+    optimizer = keras.optimizers.SGD(0.1)
+    balancer = mtl_keras.balancers.get("upgrad")
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = [x[:, :1], -x[:, 1:2]]
+    shared = trunk.trainable_variables
+    head_variables = [v for h in heads for v in h.trainable_variables]
+    for step in range(3):
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = model(x, training=True)
+            task_losses = keras.ops.stack([
+                keras.ops.mean((o - t) ** 2) for o, t in zip(outputs, y)])
+        result = mtl_keras.engine.balanced_gradients(
+            tape, task_losses, shared, head_variables, balancer)
+        optimizer.apply(result.grads, shared + head_variables)
+    ```
+    """
+    balancer = balancers_lib.get(balancer)
+    if not isinstance(balancer, GradientBalancer):
+        raise ValueError(
+            f"balanced_gradients needs a gradient balancer, got {balancer!r}; "
+            "a loss balancer needs no per-task gradients: differentiate "
+            "`balancer.total_loss(task_losses)` instead.")
+    if jacobian not in JACOBIAN_METHODS:
+        raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+    if balancer.mode == "rep" and representation is None:
+        raise ValueError(
+            f"{type(balancer).__name__}(mode='rep') differentiates with "
+            "respect to the shared representation: pass `representation=`.")
+    task_losses = ops.cast(task_losses, "float32")
+    scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
+    targets = list(shared_variables) if representation is None else [representation]
+    if representation is None:
+        balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
+
+    jacobian_matrix = all_reduce_sum(
+        task_jacobian(tape, task_losses, targets, jacobian, scale))
+    global_losses = all_reduce_sum(ops.stop_gradient(task_losses))
+    # Under loss scaling, the LossScaleOptimizer skips non-finite gradients
+    # itself (and lowers its scale): only the losses decide.
+    grads_finite = (True if loss_scale is not None
+                    else ops.all(ops.isfinite(jacobian_matrix), axis=1))
+    finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
+    usable = ops.logical_and(ops.all(finite_tasks),
+                             ops.all(ops.isfinite(jacobian_matrix)))
+    update, weights, gramian = core.guarded_balance(
+        balancer, global_losses, jacobian_matrix, usable, scale)
+    # J was summed over replicas and optimizer.apply sums again.
+    update = update / num_replicas()
+    if representation is not None:
+        upstream = ops.reshape(ops.cast(update, representation.dtype),
+                               ops.shape(representation))
+        shared_grads = tape.gradient(representation, list(shared_variables),
+                                     output_gradients=upstream)
+    else:
+        shared_grads = core.unflatten(update, shared_variables)
+    head_grads = (tape.gradient(task_losses, list(head_variables),
+                                output_gradients=weights * scale)
+                  if head_variables else [])
+    if regularization is not None:
+        variables = list(shared_variables) + list(head_variables)
+        extra = tape.gradient(regularization * scale, variables)
+        shared_grads = core.add_gradients(shared_grads, extra[:len(shared_grads)])
+        head_grads = core.add_gradients(head_grads, extra[len(shared_grads):])
+    return BalancedGradients(
+        grads=list(shared_grads) + list(head_grads), weights=weights,
+        gramian=gramian, finite_tasks=finite_tasks, balanced=usable)
+
+
+# ------------------------------------------------------------ the trainer
+
+class TensorFlowTrainer:
+    """`MultiTaskModel`'s train step on TensorFlow.
+
+    It computes the gradients (one backward pass for loss balancers, the
+    engine for gradient balancers), checks that they are finite, applies
+    them and runs post-step balancer updates; the model keeps the loss and
+    metric bookkeeping.
+
+    Args:
+        model: The `MultiTaskModel` to train.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def train_step(self, x, y, sample_weight) -> core.TrainStep:
+        if isinstance(self.model.balancer, GradientBalancer):
+            return self.gradient_step(x, y, sample_weight)
+        return self.loss_step(x, y, sample_weight)
+
+    def loss_scale(self):
+        """The optimizer's dynamic loss scale, or `None` without one."""
+        optimizer = self.model.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return ops.cast(optimizer.scale_loss(ops.ones(())), "float32")
+        return None
+
+    def loss_step(self, x, y, sample_weight) -> core.TrainStep:
+        model = self.model
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+            weighted = model.task_weights(task_losses)
+            total, balance = model._balanced_total(weighted)
+            regularization = model._regularization_loss()
+            loss = scale_for_distribution(total + regularization)
+            scaled_loss = model.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, model.trainable_variables)
+        grads_finite = True
+        if self.loss_scale() is None:
+            grads_finite = ops.all(ops.stack(
+                [ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+        finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
+        finite = ops.all(finite_tasks)
+        self.apply_if_finite(finite, grads)
+        if getattr(model.balancer, "needs_post_step_losses", False):
+            self.post_step_update(x, y, sample_weight, weighted, finite)
+        return core.TrainStep(
+            y_pred=y_pred, task_losses=task_losses, balance=balance,
+            loss=ops.sum(weighted) + regularization,
+            balanced_loss=total + regularization, finite_tasks=finite_tasks)
+
+    def gradient_step(self, x, y, sample_weight) -> core.TrainStep:
+        model = self.model
+        rep_mode = model.balancer.mode == "rep"
+        representation = None
+        with tf.GradientTape(persistent=True) as tape:
+            if rep_mode:
+                y_pred, representation = model._representation_model()(
+                    x, training=True)
+            else:
+                y_pred = model(x, training=True)
+            task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+            weighted = scale_for_distribution(model.task_weights(task_losses))
+            regularization = (scale_for_distribution(model._regularization_loss())
+                              if model.losses else None)
+        result = balanced_gradients(
+            tape, weighted, model.shared_variables, model.head_variables,
+            model.balancer, representation=representation,
+            regularization=regularization, loss_scale=self.loss_scale(),
+            jacobian=model._jacobian_method)
+        del tape
+        by_id = {id(v): g for v, g in zip(
+            model.shared_variables + model.head_variables, result.grads)}
+        finite = ops.all(result.finite_tasks)
+        self.apply_if_finite(
+            finite, [by_id[id(v)] for v in model.trainable_variables])
+        extra = 0.0 if regularization is None else regularization
+        return core.TrainStep(
+            y_pred=y_pred, task_losses=task_losses, balance=result.weights,
+            loss=unscale_for_distribution(ops.sum(weighted) + extra),
+            balanced_loss=unscale_for_distribution(
+                ops.sum(result.weights * weighted) + extra),
+            finite_tasks=result.finite_tasks, gramian=result.gramian,
+            balanced=result.balanced)
+
+    def apply_if_finite(self, finite, grads) -> None:
+        """Applies the gradients unless `finite` is false."""
+        optimizer = self.model.optimizer
+        trainable = self.model.trainable_variables
+        if tf.distribute.has_strategy():  # even a one-replica strategy
+            # optimizer.apply merges replicas, which cannot happen inside a
+            # cond: zero the update instead (moments still decay one step).
+            grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
+                     for g in grads]
+            optimizer.apply(grads, trainable)
+            return
+        ops.cond(finite, lambda: optimizer.apply(grads, trainable), lambda: None)
+
+    def post_step_update(self, x, y, sample_weight, losses_before, finite) -> None:
+        """FAMO-style: the same batch's losses after the optimizer step."""
+        model = self.model
+        y_pred = model(x, training=False)
+        losses_after = model.task_weights(
+            model.compute_task_losses(y, y_pred, sample_weight))
+        losses_before = all_reduce_sum(
+            scale_for_distribution(ops.stop_gradient(losses_before)))
+        losses_after = all_reduce_sum(
+            scale_for_distribution(ops.stop_gradient(losses_after)))
+        core.guarded_post_step(
+            model.balancer, losses_before, losses_after,
+            ops.logical_and(finite, ops.all(ops.isfinite(losses_after))))

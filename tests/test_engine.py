@@ -1,0 +1,192 @@
+"""The public gradient engine: `mtl_keras.engine.balanced_gradients`."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import mtl_keras
+from mtl_keras import engine
+from mtl_keras.balancers.base import GramianBalancer
+from mtl_keras.engine import tensorflow as tf_engine
+
+
+class FixedWeights(GramianBalancer):
+    """A gradient balancer that always returns the same weights."""
+
+    def __init__(self, weights, **kwargs):
+        super().__init__(**kwargs)
+        self.fixed = list(weights)
+
+    def compute_weights(self, task_losses, gramian):
+        return ops.convert_to_tensor(self.fixed, "float32")
+
+
+def _network(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    trunk = keras.layers.Dense(4, activation="tanh")
+    features = trunk(inputs)
+    heads = [keras.layers.Dense(1), keras.layers.Dense(2)]
+    model = keras.Model(inputs, [features] + [h(features) for h in heads])
+    heads_vars = [v for h in heads for v in h.trainable_variables]
+    x = np.random.default_rng(seed).normal(size=(8, 3)).astype("float32")
+    return model, trunk.trainable_variables, heads_vars, x
+
+
+def _losses(outputs, x):
+    _, first, second = outputs
+    return ops.stack([ops.mean((first - x[:, :1]) ** 2),
+                      ops.mean((second - x[:, 1:]) ** 2)])
+
+
+@pytest.mark.parametrize("rep", [False, True])
+def test_fixed_weights_equal_the_gradient_of_the_weighted_sum(rep):
+    model, shared, heads, x = _network()
+    weights = np.float32([0.3, 1.7])
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = model(x)
+        task_losses = _losses(outputs, x)
+        weighted_sum = ops.sum(weights * task_losses)
+    result = engine.balanced_gradients(
+        tape, task_losses, shared, heads, FixedWeights(weights, mode="rep" if rep
+                                                       else "params"),
+        representation=outputs[0] if rep else None)
+    expected = tape.gradient(weighted_sum, shared + heads)
+    assert len(result.grads) == len(expected)
+    for got, want in zip(result.grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.weights, weights)
+    assert bool(result.balanced)
+    assert np.all(result.finite_tasks)
+
+
+def test_gramian_and_diagnostics_match_the_task_gradients():
+    model, shared, heads, x = _network(1)
+    with tf.GradientTape(persistent=True) as tape:
+        task_losses = _losses(model(x), x)
+    rows = [engine.core.flatten(tape.gradient(
+        task_losses, shared, output_gradients=np.eye(2, dtype="float32")[k]))
+        for k in range(2)]
+    result = engine.balanced_gradients(tape, task_losses, shared, heads, "mgda")
+    jacobian = np.stack(rows)
+    np.testing.assert_allclose(result.gramian, jacobian @ jacobian.T, rtol=1e-5)
+    norms = np.linalg.norm(jacobian, axis=1)
+    values = [float(v) for v in engine.diagnostics(result.gramian)]
+    cosine = jacobian[0] @ jacobian[1] / (norms[0] * norms[1])
+    np.testing.assert_allclose(values, [*norms, cosine], rtol=1e-4)
+    assert engine.diagnostic_names(["a", "b"]) == [
+        "grad_norm_a", "grad_norm_b", "grad_cos_a/b"]
+    # MGDA's weights lie on the simplex.
+    np.testing.assert_allclose(np.sum(result.weights), 1.0, rtol=1e-5)
+
+
+def test_loss_scale_scales_every_gradient_and_not_the_weights():
+    model, shared, heads, x = _network(2)
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = model(x)
+        task_losses = _losses(outputs, x)
+        regularization = 0.1 * ops.sum(shared[0] ** 2)
+    plain = engine.balanced_gradients(tape, task_losses, shared, heads, "upgrad",
+                                      regularization=regularization)
+    scaled = engine.balanced_gradients(tape, task_losses, shared, heads, "upgrad",
+                                       regularization=regularization,
+                                       loss_scale=8.0)
+    np.testing.assert_allclose(scaled.weights, plain.weights, rtol=1e-5)
+    for got, want in zip(scaled.grads, plain.grads):
+        np.testing.assert_allclose(got, 8.0 * np.asarray(want), rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_non_finite_task_is_flagged_and_not_balanced():
+    model, shared, heads, x = _network(3)
+    balancer = mtl_keras.balancers.get("nash_mtl")
+    with tf.GradientTape(persistent=True) as tape:
+        task_losses = _losses(model(x), x) * ops.convert_to_tensor([1.0, np.inf])
+    result = engine.balanced_gradients(tape, task_losses, shared, heads, balancer)
+    assert not bool(result.balanced)
+    np.testing.assert_array_equal(result.finite_tasks, [True, False])
+    np.testing.assert_allclose(result.weights, [1.0, 1.0])
+    np.testing.assert_allclose(result.gramian, np.zeros((2, 2)))
+
+
+def test_errors_name_the_fix():
+    model, shared, heads, x = _network()
+    with tf.GradientTape(persistent=True) as tape:
+        task_losses = _losses(model(x), x)
+    with pytest.raises(ValueError, match="total_loss"):
+        engine.balanced_gradients(tape, task_losses, shared, heads, "uw")
+    with pytest.raises(ValueError, match="representation="):
+        engine.balanced_gradients(tape, task_losses, shared, heads, "mgda_ub")
+    with pytest.raises(ValueError, match="'loop' or 'pfor'"):
+        engine.balanced_gradients(tape, task_losses, shared, heads, "mgda",
+                                  jacobian="vmap")
+
+
+def _docstring_example(steps):
+    source = tf_engine.balanced_gradients.__doc__
+    block = re.search(r"```python\n(.*?)```", source, re.S).group(1)
+    lines = block.splitlines()
+    indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
+    code = "\n".join(line[indent:] for line in lines)
+    assert "range(3)" in code
+    namespace = {}
+    exec(code.replace("range(3)", f"range({steps})"), namespace)
+    model, x, y = namespace["model"], namespace["x"], namespace["y"]
+    return sum(float(np.mean((o - t) ** 2)) for o, t in zip(model(x), y))
+
+
+def test_docstring_example_runs_and_lowers_the_loss():
+    assert _docstring_example(30) < 0.8 * _docstring_example(0)
+
+
+def test_multitaskmodel_uses_the_engine(monkeypatch):
+    calls = []
+    original = tf_engine.balanced_gradients
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("jacobian"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tf_engine, "balanced_gradients", spy)
+    inputs = keras.Input((3,))
+    features = keras.layers.Dense(4)(inputs)
+    model = mtl_keras.MultiTaskModel(
+        inputs, {"a": keras.layers.Dense(1)(features),
+                 "b": keras.layers.Dense(1)(features)})
+    model.compile("sgd", loss="mse", balancer="pcgrad", run_eagerly=True)
+    x = np.ones((4, 3), "float32")
+    model.fit(x, {"a": np.ones((4, 1)), "b": np.zeros((4, 1))}, epochs=1,
+              verbose=0)
+    assert calls == ["loop"]
+
+
+@pytest.mark.parametrize("name", [
+    n for n in mtl_keras.balancers.available()
+    if isinstance(mtl_keras.balancers.get(n), mtl_keras.balancers.GradientBalancer)
+    and n != "mgda_ub"])
+def test_stateless_update_is_pure_and_matches_the_stateful_call(name):
+    rng = np.random.default_rng(0)
+    losses = np.float32([0.5, 1.0, 2.0])
+    jacobians = rng.normal(size=(2, 3, 4)).astype("float32")
+    stateful = mtl_keras.balancers.get(name)
+    stateful.build_for_tasks(["a", "b", "c"])
+    stateful.build_for_jacobian(4)
+    pure = type(stateful).from_config(stateful.get_config())
+    pure.build_for_tasks(["a", "b", "c"])
+    pure.build_for_jacobian(4)
+    pure.set_state(stateful.get_state())  # same seeds
+    for jacobian in jacobians:
+        before = [np.array(v) for v in pure.get_state()]
+        update, _, new_state = pure.stateless_update(
+            pure.get_state(), losses, ops.convert_to_tensor(jacobian))
+        for old, now in zip(before, pure.get_state()):
+            np.testing.assert_array_equal(old, now)  # nothing assigned
+        pure.set_state(new_state)
+        expected = stateful.update_direction(losses, jacobian)
+        np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-6)
+        for got, want in zip(pure.get_state(), stateful.get_state()):
+            np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from mtl_keras import _compat, engine
+from mtl_keras import _compat, engine, sharing
 from mtl_keras import balancers as balancers_lib
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
 from mtl_keras.masked_metric import MaskedMetric
@@ -129,15 +129,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         if self._shared_tensor is not None:
             trunk = keras.Model(self.inputs, self._shared_tensor)
             return list(trunk.trainable_variables)
-        per_task = [
-            {id(v) for v in keras.Model(self.inputs, output).trainable_variables}
-            for output in self.outputs
-        ]
-        counts: dict[int, int] = {}
-        for ids in per_task:
-            for key in ids:
-                counts[key] = counts.get(key, 0) + 1
-        return [v for v in self.trainable_variables if counts.get(id(v), 0) > 1]
+        return sharing.shared_variables(self)
 
     @property
     def head_variables(self) -> list:

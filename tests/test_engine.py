@@ -43,18 +43,24 @@ def _losses(outputs, x):
                       ops.mean((second - x[:, 1:]) ** 2)])
 
 
+@pytest.mark.parametrize("regularized", [False, True])
 @pytest.mark.parametrize("rep", [False, True])
-def test_fixed_weights_equal_the_gradient_of_the_weighted_sum(rep):
+def test_fixed_weights_equal_the_gradient_of_the_weighted_sum(rep, regularized):
     model, shared, heads, x = _network()
     weights = np.float32([0.3, 1.7])
     with tf.GradientTape(persistent=True) as tape:
         outputs = model(x)
         task_losses = _losses(outputs, x)
+        # A penalty on a shared and on a head variable, as regularizers add.
+        regularization = (0.5 * ops.sum(shared[0] ** 2) + 0.7 * ops.sum(heads[0] ** 2)
+                          if regularized else None)
         weighted_sum = ops.sum(weights * task_losses)
+        if regularized:
+            weighted_sum = weighted_sum + regularization
     result = engine.balanced_gradients(
         tape, task_losses, shared, heads, FixedWeights(weights, mode="rep" if rep
                                                        else "params"),
-        representation=outputs[0] if rep else None)
+        representation=outputs[0] if rep else None, regularization=regularization)
     expected = tape.gradient(weighted_sum, shared + heads)
     assert len(result.grads) == len(expected)
     for got, want in zip(result.grads, expected):

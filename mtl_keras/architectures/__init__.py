@@ -48,12 +48,12 @@ from mtl_keras.architectures.reference import (  # noqa: F401 (used by tests)
     shapes_network,
     task_features,
 )
-from mtl_keras.architectures.sharing import (
+from mtl_keras.architectures.softmax_gate import SoftmaxGate
+from mtl_keras.sharing import (
     count_parameters,
     shared_variables,
     variables_by_task,
 )
-from mtl_keras.architectures.softmax_gate import SoftmaxGate
 
 #: Every public layer class of this package (tests iterate over them).
 LAYERS = tuple(sorted(

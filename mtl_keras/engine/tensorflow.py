@@ -224,7 +224,10 @@ def balanced_gradients(
                   if head_variables else [])
     if regularization is not None:
         variables = list(shared_variables) + list(head_variables)
-        extra = tape.gradient(regularization * scale, variables)
+        # Scaled after the backward pass: an op on the loss outside the
+        # tape's block would be unrecorded (every gradient `None`).
+        extra = [None if g is None else g * ops.cast(scale, g.dtype)
+                 for g in tape.gradient(regularization, variables)]
         shared_grads = core.add_gradients(shared_grads, extra[:len(shared_grads)])
         head_grads = core.add_gradients(head_grads, extra[len(shared_grads):])
     return BalancedGradients(

@@ -63,11 +63,14 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     Args:
         inputs: The model inputs, as for `keras.Model`.
         outputs: A dict `{task_name: output_tensor}`.
-        shared: The shared representation tensor. Its upstream variables are
+        shared: The shared representation tensor, or a list of tensors
+            (several shared representations, e.g. the outputs of several
+            shared branches). Their upstream variables are
             the shared parameters whose per-task gradients a gradient
             balancer weighs, and `mode="rep"` balancers differentiate with
-            respect to it. When omitted, the shared parameters are the
-            variables that feed more than one task.
+            respect to them. When omitted, the shared parameters are the
+            variables that reach more than one task output (found inside
+            layers, see `mtl_keras.sharing`).
         name: The model name.
 
     Example:
@@ -96,9 +99,13 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 "MultiTaskModel needs `outputs` as a dict {task_name: tensor}, "
                 f"got {type(outputs).__name__}."
             )
-        if _SHARED_KEY in outputs:  # revived by `from_config`
+        revived = sorted((key for key in outputs if key.startswith(_SHARED_KEY)),
+                         key=lambda key: int(key[len(_SHARED_KEY):] or -1))
+        if revived:  # revived by `from_config`
             outputs = dict(outputs)
-            shared = outputs.pop(_SHARED_KEY)
+            shared = [outputs.pop(key) for key in revived]
+            if revived == [_SHARED_KEY]:
+                shared = shared[0]
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         # Keras flattens dict outputs in sorted key order; so do we.
         self.task_names = sorted(outputs)
@@ -106,6 +113,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         # the task losses, and their weighting, stay in float32.
         self.task_weights = TaskWeights(self.task_names, dtype="float32")
         self.balancer = None
+        if isinstance(shared, tuple):
+            shared = list(shared)
         self._shared_tensor = shared
         # Untracked helpers: views over the same layers, not saved twice.
         object.__setattr__(self, "_shared_variable_list", None)
@@ -556,22 +565,28 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return config
 
     def _shared_tensor_spec(self) -> list:
-        """`[layer_name, node_index, tensor_index]` of the shared tensor, as
-        Keras records a functional model's outputs: read from the config of
-        a model over the same graph with the shared tensor as an output."""
-        outputs = {**dict(zip(self.task_names, self.outputs)),
-                   _SHARED_KEY: self._shared_tensor}
-        config = keras.Model(self.inputs, outputs).get_config()
-        return config["output_layers"][_SHARED_KEY]
+        """`[layer_name, node_index, tensor_index]` of the shared tensor (a
+        list of them for a list of tensors), as Keras records a functional
+        model's outputs: read from the config of a model over the same graph
+        with the shared tensors as more outputs."""
+        shared = _shared_outputs(self._shared_tensor)
+        outputs = {**dict(zip(self.task_names, self.outputs)), **shared}
+        specs = keras.Model(self.inputs, outputs).get_config()["output_layers"]
+        if isinstance(self._shared_tensor, list):
+            return [specs[key] for key in shared]
+        return specs[_SHARED_KEY]
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        # Keras' functional deserialisation revives the shared tensor as one
-        # more output, which `__init__` takes back out.
+        # Keras' functional deserialisation revives the shared tensors as
+        # more outputs, which `__init__` takes back out.
         config = dict(config)
         spec = config.pop("shared", None)
         if spec is not None:
-            config["output_layers"] = {**config["output_layers"], _SHARED_KEY: spec}
+            # One spec is [layer_name, node_index, tensor_index].
+            shared = {_SHARED_KEY: spec} if isinstance(spec[0], str) else (
+                _shared_outputs(list(spec)))
+            config["output_layers"] = {**config["output_layers"], **shared}
         return super().from_config(config, custom_objects=custom_objects)
 
     def fit(self, *args, **kwargs):
@@ -631,3 +646,10 @@ def _as_list(value) -> list:
 def _mean_over_replicas(value):
     """The mean of `value` over the replicas in sync (itself on one device)."""
     return engine.backend_module().replica_mean(value)
+
+
+def _shared_outputs(shared) -> dict:
+    """The extra outputs that carry the shared tensor(s) through a config."""
+    if isinstance(shared, list):
+        return {f"{_SHARED_KEY}{i}": value for i, value in enumerate(shared)}
+    return {_SHARED_KEY: shared}

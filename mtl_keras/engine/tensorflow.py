@@ -135,8 +135,9 @@ def balanced_gradients(
             learnable balancer's variables).
         balancer: A `mtl_keras.balancers.GradientBalancer` (or its name).
         representation: For `mode="rep"` balancers: the shared
-            representation tensor, recorded on the tape; J is taken over it
-            and the update pulled back through the trunk.
+            representation tensor (or a list of tensors), recorded on the
+            tape; J is taken over it and the update pulled back through the
+            trunk.
         regularization: An optional scalar added to the loss of every
             variable (e.g. `sum(model.losses)`), recorded on the tape.
         loss_scale: The dynamic loss scale of a `LossScaleOptimizer`
@@ -194,7 +195,8 @@ def balanced_gradients(
             "respect to the shared representation: pass `representation=`.")
     task_losses = ops.cast(task_losses, "float32")
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
-    targets = list(shared_variables) if representation is None else [representation]
+    targets = (list(shared_variables) if representation is None
+               else keras.tree.flatten(representation))
     if representation is None:
         balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
 
@@ -213,9 +215,11 @@ def balanced_gradients(
     # J was summed over replicas and optimizer.apply sums again.
     update = update / num_replicas()
     if representation is not None:
-        upstream = ops.reshape(ops.cast(update, representation.dtype),
-                               ops.shape(representation))
-        shared_grads = tape.gradient(representation, list(shared_variables),
+        # J's columns run over the representations, flattened in turn.
+        pieces = tf.split(update, [tf.size(r) for r in targets])
+        upstream = [ops.reshape(ops.cast(piece, r.dtype), ops.shape(r))
+                    for piece, r in zip(pieces, targets)]
+        shared_grads = tape.gradient(targets, list(shared_variables),
                                      output_gradients=upstream)
     else:
         shared_grads = core.unflatten(update, shared_variables)

@@ -58,8 +58,14 @@ def mnist_dir() -> pathlib.Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", choices=("random_shift", "sener2018"),
+                        default="random_shift",
+                        help="sener2018: Sener & Koltun's data, network "
+                        "initialisation, dropout and schedule (see "
+                        "mtl_keras.datasets.multi_mnist)")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train-size", type=int, default=10_000)
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="default: 10,000 (random_shift), 60,000 (sener2018)")
     parser.add_argument("--test-size", type=int, default=None,
                         help="default: the whole test split (10,000)")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -68,13 +74,55 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--resume", action="store_true",
                         help="skip the runs already in --log")
-    parser.add_argument("--log", type=pathlib.Path,
-                        default=RESULTS / "multi_mnist_runs.jsonl")
-    parser.add_argument("--out", type=pathlib.Path,
-                        default=RESULTS / "multi_mnist.md")
-    parser.add_argument("--plot", type=pathlib.Path,
-                        default=RESULTS / "multi_mnist.png")
-    return parser.parse_args(argv)
+    parser.add_argument("--curves", action="store_true",
+                        help="score the test split after every epoch and keep "
+                        "the learning curves (always on for sener2018)")
+    parser.add_argument("--log", type=pathlib.Path, default=None,
+                        help="default: results/multi_mnist[_sener2018]_runs.jsonl")
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--plot", type=pathlib.Path, default=None)
+    args = parser.parse_args(argv)
+    stem = "multi_mnist" + ("_sener2018" if args.protocol == "sener2018" else "")
+    args.log = args.log or RESULTS / f"{stem}_runs.jsonl"
+    args.out = args.out or RESULTS / f"{stem}.md"
+    args.plot = args.plot or RESULTS / f"{stem}.png"
+    args.curves = args.curves or args.protocol == "sener2018"
+    if args.train_size is None and args.protocol == "random_shift":
+        args.train_size = 10_000
+    return args
+
+
+def plain_fit_step_seconds(data, batch_size: int, tasks: tuple,
+                           steps: int = 60) -> float:
+    """Seconds per step of a plain `keras.Model.fit` on the same arrays.
+
+    The same LeNet wrapped as a plain `keras.Model` (no balancer, no task
+    weights), Adam, arrays passed straight to `fit`; one warm-up epoch of
+    `steps` steps traces the step function, the second is timed.
+    """
+    import time
+
+    import keras
+
+    model = data.build_model(tasks)
+    plain = keras.Model(model.inputs, model.outputs)
+    count = steps * batch_size
+    images, labels = data.train
+    if len(tasks) == 1:  # one output: plain arrays
+        losses, labels = data.losses[tasks[0]], labels[tasks[0]][:count]
+    else:
+        losses = [data.losses[task] for task in tasks]
+        labels = [labels[task][:count] for task in tasks]
+    plain.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses)
+    plain.fit(images[:count], labels, batch_size=batch_size, epochs=1, verbose=0)
+    started = time.perf_counter()
+    plain.fit(images[:count], labels, batch_size=batch_size, epochs=1, verbose=0)
+    return (time.perf_counter() - started) / steps
+
+
+def load_line() -> str:
+    """The machine load, as `uptime` reports it."""
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def published_table(result) -> str:
@@ -195,6 +243,33 @@ is better.
         result.plot(args.plot)
 
 
+def check_throughput(record, throughput, data, args) -> None:
+    """Prints (and saves next to the log) the first run's epoch time against
+    steps x the plain `fit` step time measured in the same process."""
+    import json
+    import math
+
+    steps = math.ceil(len(data.train[0]) / args.batch_size)
+    if record.tasks != data.tasks:  # a single-task run: one head fewer
+        note = f"first run: {record.method} ({','.join(record.tasks)})"
+    else:
+        note = f"first run: {record.method}"
+    expected = steps * throughput["plain_step"]
+    ratio = record.seconds_per_epoch / expected
+    throughput.update(
+        checked=True, steps=steps, epoch_seconds=record.seconds_per_epoch,
+        first_epoch_seconds=record.epoch_seconds[0] if record.epoch_seconds
+        else None, ratio=ratio, run=note, load_after=load_line(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="minutes"))
+    print(f"Throughput ({note}): {record.seconds_per_epoch:.2f} s/epoch (median "
+          f"after the first) vs {steps} steps x {1000 * throughput['plain_step']:.1f}"
+          f" ms = {expected:.2f} s: {ratio:.2f}x (goal <= 1.2x); "
+          f"{throughput['load_after']}", flush=True)
+    path = args.log.with_name(args.log.stem + "_throughput.json")
+    path.write_text(json.dumps(throughput, indent=1) + "\n", encoding="utf-8")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     data_dir = mnist_dir()
@@ -204,23 +279,39 @@ def main(argv=None) -> int:
               "files).")
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # This checkout's package, not another installed copy.
+    sys.path.insert(0, str(REPO_ROOT))
     from mtl_keras import compare
 
     methods = [m for m in args.methods.split(",") if m]
     command = "python benchmarks/multi_mnist.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     data = compare.load_data("multi_mnist", args.train_size, args.test_size,
-                             data_dir)
+                             data_dir, protocol=args.protocol)
     planned = args.seeds * (len(data.tasks) + len(methods))
+    throughput = {}
 
     def report(result):
+        if throughput and "checked" not in throughput and result.records:
+            check_throughput(result.records[-1], throughput, data, args)
         write_report(result, args, command, planned)
+
+    def measure(method, seed):
+        if not throughput:
+            tasks = data.tasks if method != compare.SINGLE_TASK else data.tasks[:1]
+            step = plain_fit_step_seconds(data, args.batch_size, tasks)
+            throughput.update(plain_step=step, load_before=load_line(),
+                              plain_tasks=list(tasks))
+            print(f"Plain keras.Model.fit step ({len(tasks)} head(s), same "
+                  f"arrays, batch {args.batch_size}): {1000 * step:.1f} ms; "
+                  f"{throughput['load_before']}", flush=True)
 
     result = compare.compare(
         data, methods, seeds=args.seeds, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         log_path=args.log, resume=args.resume,
         progress=lambda line: print(line, flush=True), on_record=report,
+        curves=args.curves, before_run=measure,
     )
     report(result)
     print()

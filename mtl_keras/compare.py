@@ -336,7 +336,8 @@ def train_run(
                      tuple(round(t, 3) for t in timer.seconds), history)
 
 
-def _learning_rate_callbacks(data, learning_rate) -> list:
+def learning_rate_callbacks(data: BenchmarkData, learning_rate: float) -> list:
+    """The callbacks that apply `data.lr_decay` to an initial learning rate."""
     if data.lr_decay is None:
         return []
     every, factor = data.lr_decay
@@ -372,8 +373,8 @@ def _fit_and_score(data, method, seed, epochs, tasks, batch_size, learning_rate,
     test = in_memory_batches(test_images, test_labels, _EVAL_BATCH, shuffle=False)
     fitted = model.fit(
         train, epochs=epochs, verbose=0,
-        validation_data=test if curves else None,
-        callbacks=[*callbacks, *_learning_rate_callbacks(data, learning_rate),
+        validation_data=test if curves else None, shuffle=False,
+        callbacks=[*callbacks, *learning_rate_callbacks(data, learning_rate),
                    timer])
     logs = model.evaluate(test, verbose=0, return_dict=True)
     scores = {task: float(_headline_log(logs, task, data.headline[task][0], tasks))

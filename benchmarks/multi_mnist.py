@@ -354,8 +354,8 @@ def read_log(path: pathlib.Path) -> list:
 
     if not path.exists():
         return []
-    return [RunRecord.from_json(line)[0]
-            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # whole lines only
+    return [RunRecord.from_json(line)[0] for line in lines if line.strip()]
 
 
 def seed0_accuracy(records, method: str) -> dict:

@@ -711,8 +711,15 @@ def _plan(tasks, methods, seeds) -> list[tuple]:
 def _resumed(log_path, settings: dict) -> list[RunRecord]:
     if log_path is None or not pathlib.Path(log_path).exists():
         return []
+    log_path = pathlib.Path(log_path)
+    text = log_path.read_text()
+    if text and not text.endswith("\n"):
+        # A run killed while writing its line: drop the partial line, so that
+        # the run is trained again and the next line starts on its own.
+        text = text[: text.rfind("\n") + 1]
+        log_path.write_text(text)
     records = []
-    for number, line in enumerate(pathlib.Path(log_path).read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         record, logged = RunRecord.from_json(line)

@@ -219,7 +219,7 @@ def test_fidelity_gate_by_hand():
     single = [record(SINGLE_TASK, ("left",), [0.9710]),
               record(SINGLE_TASK, ("right",), [0.9600])]
     met, lines = bench.gate_lines(single)
-    assert met is None and "waiting" in lines[1]
+    assert met is None and "pending" in lines[1]
     met, _ = bench.gate_lines(single + [record("ew", ("left", "right"),
                                                [0.9650, 0.9460])])
     assert met is True  # gaps -0.13, +0.10, +0.04, -0.39

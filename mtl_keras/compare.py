@@ -10,6 +10,13 @@ mean ± std over seeds, Δm% against the single-task means (Maninis et al., CVPR
 Runs go seed by seed (every configuration with seed 0, then seed 1, ...), so a
 comparison cut short still covers every method. Each finished run can be
 appended to a JSON lines file (`log_path`) and skipped on `resume=True`.
+A run killed before its line is complete is trained again.
+
+Training data are held in memory as tensors and batched by gathering shuffled
+indices (no per-step Python, one trace per run). `curves=True` also scores the
+test split after every epoch and keeps the learning curves in each record;
+MultiMNIST's `protocol="sener2018"` follows Sener & Koltun's reference code
+(see `mtl_keras.datasets.multi_mnist`), with its learning-rate schedule.
 
 Example:
 

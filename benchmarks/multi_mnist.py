@@ -625,9 +625,11 @@ setsid nohup taskset -c 1 bash benchmarks/multi_mnist_sener2018.sh \\
 #   --methods ew --seeds 1   (the fidelity gate), then --stage gate, then
 #   --methods all --seeds 1, --stage tune --seeds 1, --stage seeds;
 # if the gate fails, the same with --learning-rate 0.001 and its own files
-# (multi_mnist_sener2018_lr0.001*). The report alone:
+# (multi_mnist_sener2018_lr0.001*). This file alone:
 python benchmarks/multi_mnist.py --protocol sener2018 --epochs 100 \\
-    --batch-size 256 --learning-rate 0.0005 --resume --stage report
+    --batch-size 256 --learning-rate {args.learning_rate:g} --resume --stage report \\
+    --log {shown_path(args.log)} --out {shown_path(args.out)} \\
+    --plot {shown_path(args.plot)}
 ```
 
 ## Fidelity gate: {gate_word}

@@ -10,6 +10,13 @@ mean ± std over seeds, Δm% against the single-task means (Maninis et al., CVPR
 Runs go seed by seed (every configuration with seed 0, then seed 1, ...), so a
 comparison cut short still covers every method. Each finished run can be
 appended to a JSON lines file (`log_path`) and skipped on `resume=True`.
+A run killed before its line is complete is trained again.
+
+Training data are held in memory as tensors and batched by gathering shuffled
+indices (no per-step Python, one trace per run). `curves=True` also scores the
+test split after every epoch and keeps the learning curves in each record;
+MultiMNIST's `protocol="sener2018"` follows Sener & Koltun's reference code
+(see `mtl_keras.datasets.multi_mnist`), with its learning-rate schedule.
 
 Example:
 
@@ -35,7 +42,6 @@ from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mtl_keras import architectures, balancers, metrics
 from mtl_keras.callbacks import DynamicWeightAverage
@@ -68,6 +74,10 @@ class BenchmarkData:
         build_model: `tasks -> MultiTaskModel`, the reference architecture.
         losses: `{task: loss}`.
         make_metrics: `tasks -> {task: [fresh metric objects]}`.
+        protocol: the name of the data protocol (e.g. `"sener2018"`).
+        lr_decay: `(every, factor)`: the learning rate is multiplied by
+            `factor` at the start of every `every`-th epoch (the reference
+            schedule of Sener & Koltun: `(10, 0.85)`); None: constant.
     """
 
     name: str
@@ -78,6 +88,8 @@ class BenchmarkData:
     build_model: Callable
     losses: dict
     make_metrics: Callable
+    protocol: str = "default"
+    lr_decay: tuple | None = None
 
 
 def load_data(
@@ -86,6 +98,7 @@ def load_data(
     test_size: int | None = None,
     data_dir: str | os.PathLike | None = None,
     architecture: str = "hard",
+    protocol: str | None = None,
 ) -> BenchmarkData:
     """Loads a benchmark by name. The data are drawn with seed 0 whatever the
     training seed, so every run sees the same examples.
@@ -102,6 +115,11 @@ def load_data(
             `mtl_keras.datasets.multi_mnist`).
         architecture: how the heads share the trunk, one of
             `mtl_keras.architectures.ARCHITECTURES` ("hard", "mmoe", "mtan").
+        protocol: MultiMNIST only: `"random_shift"` (the default: the
+            module's random-shift data, Keras-default LeNet, constant learning
+            rate) or `"sener2018"` (the data, network initialisation, dropout
+            and learning-rate schedule of Sener & Koltun's reference code;
+            60,000 training examples).
     """
     test_size = test_size or _DEFAULT_TEST_SIZE.get(name)
     if architecture not in architectures.ARCHITECTURES:
@@ -110,7 +128,8 @@ def load_data(
     if name == "shapes":
         return _shapes_data(train_size, test_size, architecture)
     if name == "multi_mnist":
-        return _multi_mnist_data(train_size, test_size, data_dir, architecture)
+        return _multi_mnist_data(train_size, test_size, data_dir,
+                                 protocol or "random_shift", architecture)
     raise ValueError(f"Unknown data {name!r}; expected 'shapes' or 'multi_mnist'.")
 
 
@@ -131,9 +150,11 @@ def _shapes_data(train_size, test_size, architecture="hard") -> BenchmarkData:
     )
 
 
-def _multi_mnist_data(train_size, test_size, data_dir,
+def _multi_mnist_data(train_size, test_size, data_dir, protocol,
                       architecture="hard") -> BenchmarkData:
     from mtl_keras.datasets import multi_mnist
+
+    reference = protocol == "sener2018"
 
     def make_metrics(tasks):
         return {t: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
@@ -144,12 +165,16 @@ def _multi_mnist_data(train_size, test_size, data_dir,
         name="multi_mnist",
         tasks=tuple(sorted(multi_mnist.TASKS)),
         headline={task: ("accuracy", True) for task in multi_mnist.TASKS},
-        train=multi_mnist.load_numpy("train", data_dir, num_examples=train_size),
-        test=multi_mnist.load_numpy("test", data_dir, num_examples=test_size),
+        train=multi_mnist.load_numpy("train", data_dir, num_examples=train_size,
+                                     protocol=protocol),
+        test=multi_mnist.load_numpy("test", data_dir, num_examples=test_size,
+                                    protocol=protocol),
         build_model=lambda tasks: architectures.multi_mnist_lenet(
-            tasks=tasks, architecture=architecture),
+            tasks=tasks, architecture=architecture, reference=reference),
         losses={task: loss for task in multi_mnist.TASKS},
         make_metrics=make_metrics,
+        protocol=protocol,
+        lr_decay=(10, 0.85) if reference else None,
     )
 
 
@@ -207,6 +232,12 @@ class RunRecord:
         seconds_per_epoch: mean wall time of the training epochs.
         error: `"ExceptionType: message"` when training failed, else None.
         wall_seconds: the whole run: building, training and scoring.
+        epoch_seconds: the training time of every epoch (the first one
+            includes tracing the step function), without the per-epoch
+            scoring on the test split.
+        history: `{"<task>_accuracy" | "val_<task>_accuracy": [per epoch]}`,
+            the headline metric on the training batches and on the test
+            split after every epoch (learning curves); empty when not kept.
     """
 
     method: str
@@ -216,6 +247,8 @@ class RunRecord:
     seconds_per_epoch: float
     error: str | None = None
     wall_seconds: float = float("nan")
+    epoch_seconds: tuple = ()
+    history: dict = dataclasses.field(default_factory=dict)
 
     def key(self) -> tuple:
         return (self.method, self.seed, tuple(self.tasks))
@@ -228,6 +261,7 @@ class RunRecord:
         fields = json.loads(line)
         settings = fields.pop("settings", {})
         fields["tasks"] = tuple(fields["tasks"])
+        fields["epoch_seconds"] = tuple(fields.get("epoch_seconds", ()))
         return cls(**fields), settings
 
 
@@ -238,9 +272,25 @@ class _EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
+        self._trained = None
+
+    def on_test_begin(self, logs=None):
+        # Validation runs inside the epoch: stop the clock at its start.
+        if self._trained is None:
+            self._trained = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._started)
+        end = self._trained if self._trained is not None else time.perf_counter()
+        self.seconds.append(end - self._started)
+
+
+def steady_seconds(epoch_seconds: Sequence[float]) -> float:
+    """Median epoch time without the first epoch (which traces the step
+    function), or the only epoch's time."""
+    times = list(epoch_seconds)
+    if len(times) > 1:
+        times = times[1:]
+    return float(np.median(times)) if times else float("nan")
 
 
 def _subset(arrays: tuple, tasks: tuple) -> tuple:
@@ -256,60 +306,113 @@ def train_run(
     tasks: tuple | None = None,
     batch_size: int = 256,
     learning_rate: float = 1e-3,
+    loss_weights: dict | None = None,
+    curves: bool = False,
 ) -> RunRecord:
     """Trains one model and scores it on the test split.
 
-    The optimiser is Adam(`learning_rate`); the seed sets the initial weights,
-    the shuffling order and the balancer's random draws
-    (`keras.utils.set_random_seed`). An exception raised while building,
-    training or scoring is returned in `RunRecord.error` with the traceback's
-    last line, so one failing method does not stop a comparison.
+    The optimiser is Adam(`learning_rate`), decayed by `data.lr_decay`; the
+    seed sets the initial weights, the shuffling order and the balancer's
+    random draws (`keras.utils.set_random_seed`). The training arrays are
+    held in memory as tensors and batched by `tf.gather` on shuffled indices
+    (`mtl_keras.datasets.multi_mnist.in_memory_batches`): no per-step Python
+    and one trace of the step function. An exception raised while building,
+    training or scoring is returned in `RunRecord.error` with the
+    traceback's last line, so one failing method does not stop a comparison.
 
     Args:
         data: the benchmark (`load_data`).
-        method: a balancer name, `"dwa"`, or `SINGLE_TASK`.
+        method: a balancer name, `"dwa"`, `SINGLE_TASK`, or any name when
+            `loss_weights` is given (static weights, no balancer).
         seed: training seed.
         epochs: training epochs.
         tasks: the tasks to train (default: all of `data.tasks`).
         batch_size: training batch size.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's (initial) learning rate.
+        loss_weights: `{task: weight}` static task weights with no balancer.
+        curves: also score the test split after every epoch and keep the
+            per-epoch training and test metrics in `RunRecord.history`.
     """
     tasks = tuple(tasks or data.tasks)
     timer = _EpochTimer()
     started = time.perf_counter()
+    history = {}
     try:
-        scores = _fit_and_score(data, method, seed, epochs, tasks, batch_size,
-                                learning_rate, timer)
-    except Exception as error:  # noqa: BLE001 - recorded in the result, see above
-        summary = traceback.format_exception_only(type(error), error)[-1].strip()
-        return RunRecord(method, seed, tasks, {}, _mean(timer.seconds), summary,
-                         time.perf_counter() - started)
-    return RunRecord(method, seed, tasks, scores, _mean(timer.seconds), None,
-                     time.perf_counter() - started)
+        scores, history = _fit_and_score(
+            data, method, seed, epochs, tasks, batch_size, learning_rate, timer,
+            loss_weights, curves)
+        error = None
+    except Exception as exception:  # noqa: BLE001 - recorded in the result
+        error = traceback.format_exception_only(
+            type(exception), exception)[-1].strip()
+        scores = {}
+    return RunRecord(method, seed, tasks, scores, steady_seconds(timer.seconds),
+                     error, time.perf_counter() - started,
+                     tuple(round(t, 3) for t in timer.seconds), history)
+
+
+def learning_rate_callbacks(data: BenchmarkData, learning_rate: float) -> list:
+    """The callbacks that apply `data.lr_decay` to an initial learning rate."""
+    if data.lr_decay is None:
+        return []
+    every, factor = data.lr_decay
+
+    def schedule(epoch, current=None):
+        # The reference decays at the start of epochs every-1, 2*every-1, ...
+        return learning_rate * factor ** ((epoch + 1) // every)
+
+    return [keras.callbacks.LearningRateScheduler(schedule)]
 
 
 def _fit_and_score(data, method, seed, epochs, tasks, batch_size, learning_rate,
-                   timer) -> dict:
+                   timer, loss_weights=None, curves=False) -> tuple:
+    from mtl_keras.datasets.multi_mnist import in_memory_batches
+
     keras.utils.set_random_seed(seed)
-    balancer, callbacks = _balancer_and_callbacks(method)
+    if loss_weights is not None:
+        balancer, callbacks = None, []
+    else:
+        balancer, callbacks = _balancer_and_callbacks(method)
     model = data.build_model(tasks)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={task: data.losses[task] for task in tasks},
+        loss_weights=(None if loss_weights is None
+                      else {task: float(loss_weights[task]) for task in tasks}),
         metrics=data.make_metrics(tasks),
         balancer=balancer,
     )
     images, labels = _subset(data.train, tasks)
-    train = tf.data.Dataset.from_tensor_slices((images, labels))
-    train = train.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    train = train.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    model.fit(train, epochs=epochs, callbacks=[*callbacks, timer], verbose=0,
-              shuffle=False)  # the dataset reshuffles itself
+    train = in_memory_batches(images, labels, batch_size, shuffle=True, seed=seed)
     test_images, test_labels = _subset(data.test, tasks)
-    logs = model.evaluate(test_images, test_labels, batch_size=_EVAL_BATCH,
-                          verbose=0, return_dict=True)
-    return {task: float(_headline_log(logs, task, data.headline[task][0], tasks))
-            for task in tasks}
+    test = in_memory_batches(test_images, test_labels, _EVAL_BATCH, shuffle=False)
+    fitted = model.fit(
+        train, epochs=epochs, verbose=0,
+        validation_data=test if curves else None, shuffle=False,
+        callbacks=[*callbacks, *learning_rate_callbacks(data, learning_rate),
+                   timer])
+    logs = model.evaluate(test, verbose=0, return_dict=True)
+    scores = {task: float(_headline_log(logs, task, data.headline[task][0], tasks))
+              for task in tasks}
+    history = {}
+    if curves:
+        for task in tasks:
+            metric = data.headline[task][0]
+            for prefix in ("", "val_"):
+                key = _history_key(fitted.history, prefix, task, metric, tasks)
+                history[f"{prefix}{task}_{metric}"] = [
+                    round(float(v), 5) for v in fitted.history[key]]
+    return scores, history
+
+
+def _history_key(history: dict, prefix: str, task: str, metric: str,
+                 tasks: tuple) -> str:
+    """The key of a task's metric in `fit` history (one-output models drop the
+    task prefix)."""
+    key = f"{prefix}{task}_{metric}"
+    if len(tasks) == 1 and key not in history:
+        return f"{prefix}{metric}"
+    return key
 
 
 def _headline_log(logs: dict, task: str, metric: str, tasks: tuple) -> float:
@@ -542,6 +645,11 @@ def compare(
     progress: Callable[[str], None] | None = print,
     on_record: Callable[[CompareResult], None] | None = None,
     architecture: str = "hard",
+    protocol: str | None = None,
+    curves: bool = False,
+    method_loss_weights: dict | None = None,
+    extra_settings: dict | None = None,
+    before_run: Callable[[str, int], None] | None = None,
 ) -> CompareResult:
     """Trains every method and the single-task baselines, seed by seed.
 
@@ -562,14 +670,26 @@ def compare(
             (e.g. to rewrite a partial report).
         architecture: how the heads share the trunk when `data` is a name
             (see `load_data`); every method and baseline uses it.
+        protocol: MultiMNIST's data protocol (see `load_data`).
+        curves: keep per-epoch training and test metrics in each record.
+        method_loss_weights: `{method: {task: weight}}`: methods trained with
+            these static weights and no balancer (e.g. tuned weights); their
+            names need not be registered.
+        extra_settings: more entries of the settings every logged run must
+            share to be resumed.
+        before_run: called with `(method, seed)` before each run is trained.
 
     Returns:
         A `CompareResult`.
     """
-    methods = check_methods(methods)
+    method_loss_weights = dict(method_loss_weights or {})
+    check_methods([m for m in methods if m not in method_loss_weights]
+                  or ["ew"])
+    methods = [str(m).strip() for m in methods]
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if isinstance(data, str):
-        data = load_data(data, train_size, test_size, data_dir, architecture)
+        data = load_data(data, train_size, test_size, data_dir, architecture,
+                         protocol)
     settings = {
         "data": data.name, "epochs": int(epochs), "batch_size": int(batch_size),
         "train_size": len(data.train[0]), "test_size": len(data.test[0]),
@@ -577,6 +697,11 @@ def compare(
     }
     if architecture != "hard":  # logs of hard sharing stay resumable
         settings["architecture"] = architecture
+    if data.protocol != "default" and data.protocol != "random_shift":
+        settings["protocol"] = data.protocol
+    if data.lr_decay is not None:
+        settings["lr_decay"] = list(data.lr_decay)
+    settings.update(extra_settings or {})
     records = _resumed(log_path, settings) if resume else []
     result = CompareResult(data.name, data.tasks, data.headline, methods,
                            records, settings)
@@ -585,8 +710,10 @@ def compare(
     for index, (method, seed, tasks) in enumerate(plan, start=1):
         if (method, seed, tasks) in done:
             continue
+        if before_run is not None:
+            before_run(method, seed)
         record = train_run(data, method, seed, epochs, tasks, batch_size,
-                           learning_rate)
+                           learning_rate, method_loss_weights.get(method), curves)
         records.append(record)
         if log_path is not None:
             with open(log_path, "a", encoding="utf-8") as handle:
@@ -610,8 +737,15 @@ def _plan(tasks, methods, seeds) -> list[tuple]:
 def _resumed(log_path, settings: dict) -> list[RunRecord]:
     if log_path is None or not pathlib.Path(log_path).exists():
         return []
+    log_path = pathlib.Path(log_path)
+    text = log_path.read_text()
+    if text and not text.endswith("\n"):
+        # A run killed while writing its line: drop the partial line, so that
+        # the run is trained again and the next line starts on its own.
+        text = text[: text.rfind("\n") + 1]
+        log_path.write_text(text)
     records = []
-    for number, line in enumerate(pathlib.Path(log_path).read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         record, logged = RunRecord.from_json(line)

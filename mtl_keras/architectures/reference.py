@@ -30,6 +30,7 @@ from keras import layers
 from mtl_keras.architectures.mmoe import MMoE
 from mtl_keras.architectures.mtan import MTANAttention
 from mtl_keras.datasets import shapes
+from mtl_keras.layers import UnscaledDropout
 from mtl_keras.model import MultiTaskModel
 
 MULTI_MNIST_TASKS = ("left", "right")
@@ -184,27 +185,57 @@ def shapes_network(
     return MultiTaskModel(inputs, outputs, shared=shared, name=name)
 
 
+def _torch_uniform(fan_in: int) -> dict:
+    """PyTorch's default initialisers of `Conv2d` and `Linear`: weights and biases
+    uniform in +-1/sqrt(fan_in)."""
+    bound = fan_in ** -0.5
+    return {
+        "kernel_initializer": keras.initializers.VarianceScaling(
+            1.0 / 3.0, mode="fan_in", distribution="uniform"),
+        "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
+    }
+
+
+def _lenet_parts(reference: bool, dropout: float) -> tuple:
+    """`(init(fan_in) -> kwargs, trunk dropout, head dropout(name))` of the LeNet."""
+    if reference:
+        return (
+            _torch_uniform,
+            UnscaledDropout(dropout, noise_shape=(1, 1, 1, None),
+                            name="trunk_dropout"),
+            lambda name: UnscaledDropout(dropout, name=name),
+        )
+    return (
+        lambda fan_in: {},
+        # Whole feature maps dropped, as torch's Dropout2d in the reference network.
+        layers.SpatialDropout2D(dropout, name="trunk_dropout"),
+        lambda name: layers.Dropout(dropout, name=name),
+    )
+
+
 def _build_multi_mnist_lenet(tasks: Sequence[str], dropout: float,
-                             architecture: str = "hard"):
+                             architecture: str = "hard", reference: bool = False):
     """Returns `(inputs, outputs, shared)` of `multi_mnist_lenet`."""
     tasks = _check_tasks(tasks, MULTI_MNIST_TASKS)
+    init, trunk_dropout, head_dropout = _lenet_parts(reference, dropout)
     inputs = keras.Input((28, 28, 1), name="image")
-    x = layers.Conv2D(10, 5, name="trunk_conv1")(inputs)
+    x = layers.Conv2D(10, 5, name="trunk_conv1", **init(25))(inputs)
     x = layers.MaxPooling2D(2, name="trunk_pool1")(x)
     x = layers.ReLU(name="trunk_relu1")(x)
-    x = layers.Conv2D(20, 5, name="trunk_conv2")(x)
-    # Whole feature maps dropped, as torch's Dropout2d in the reference network.
-    x = layers.SpatialDropout2D(dropout, name="trunk_dropout")(x)
+    x = layers.Conv2D(20, 5, name="trunk_conv2", **init(250))(x)
+    x = trunk_dropout(x)
     x = layers.MaxPooling2D(2, name="trunk_pool2")(x)
     x = layers.ReLU(name="trunk_relu2")(x)
     x = layers.Flatten(name="trunk_flatten")(x)
-    shared = layers.Dense(50, activation="relu", name="trunk_dense")(x)
+    shared = layers.Dense(50, activation="relu", name="trunk_dense", **init(320))(x)
     outputs = {}
     features = task_features(shared, tasks, architecture)
     for task in tasks:
-        x = layers.Dense(50, activation="relu", name=f"{task}_dense")(features[task])
-        x = layers.Dropout(dropout, name=f"{task}_dropout")(x)
-        outputs[task] = layers.Dense(10, activation="softmax", name=task)(x)
+        x = layers.Dense(50, activation="relu", name=f"{task}_dense",
+                         **init(50))(features[task])
+        x = head_dropout(f"{task}_dropout")(x)
+        outputs[task] = layers.Dense(10, activation="softmax", name=task,
+                                     **init(50))(x)
     return inputs, outputs, shared
 
 
@@ -213,6 +244,7 @@ def multi_mnist_lenet(
     dropout: float = 0.5,
     name: str = "multi_mnist_lenet",
     architecture: str = "hard",
+    reference: bool = False,
 ) -> MultiTaskModel:
     """The MultiMNIST network of Sener & Koltun (2018), "Multi-Task Learning as
     Multi-Objective Optimization", after their reference implementation.
@@ -227,6 +259,13 @@ def multi_mnist_lenet(
         dropout: rate of both dropouts (0.5 as torch's default in the reference).
         name: the model name.
         architecture: one of `ARCHITECTURES` (see `shapes_network`).
+        reference: build it exactly as the reference implementation
+            (`multi_task/models/multi_lenet.py`): PyTorch's default initialisers
+            (weights and biases uniform in +-1/sqrt(fan_in)), and dropout masks
+            that do not rescale the kept units (`UnscaledDropout`), the trunk's
+            one channel mask shared by the whole batch. False: Keras' defaults
+            (Glorot weights, zero biases, rescaling dropout, a channel mask per
+            example).
 
     Returns:
         A `MultiTaskModel` with input "image" and one 10-way output per task.
@@ -240,5 +279,6 @@ def multi_mnist_lenet(
     model.fit(mtl_keras.datasets.multi_mnist.load("train", batch_size=256))
     ```
     """
-    inputs, outputs, shared = _build_multi_mnist_lenet(tasks, dropout, architecture)
+    inputs, outputs, shared = _build_multi_mnist_lenet(
+        tasks, dropout, architecture, reference)
     return MultiTaskModel(inputs, outputs, shared=shared, name=name)

@@ -25,8 +25,27 @@ The reference loader of Sener & Koltun places the digits at fixed corners (0, 0)
 and (6, 6) and resizes with nearest-neighbour; here the positions are random, as in
 Sabour et al., and the resize is a real area filter.
 
-Splits (each left digit is every image of the split in order; its right digit is
-another image of the same split, drawn at random by seed):
+Protocols: the scheme above is the `"random_shift"` protocol (the default). The
+`"sener2018"` protocol rebuilds the data of Sener & Koltun's reference loader
+(`multi_task/loaders/multi_mnist_loader.py` of github.com/isl-org/
+MultiObjectiveOptimization, `read_image_file`, lines 214-239, and
+`multi_task/datasets.py`, lines 12-26):
+
+1. The left digit's 28x28 image at the canvas corner (0, 0), the right digit's at
+   (6, 6), on a 36x36 canvas; the overlap is their pixel-wise maximum.
+2. The canvas is resized to 28x28 by nearest neighbour (PIL's rule: output pixel
+   `i` takes canvas pixel `floor((i + 0.5) * 36 / 28)`), after `scipy.misc.imresize`'s
+   byte rescaling (the canvas is stretched so that its brightest pixel is 255).
+3. Pixels are scaled to [0, 1], then normalised with MNIST's mean 0.1307 and
+   standard deviation 0.3081 (torchvision's `Normalize((0.1307,), (0.3081,))`).
+4. Every image of a split is a left digit once; its right digit is drawn uniformly
+   from the whole split (itself included, as `np.random.permutation(n)[:1]`).
+5. Splits: `train` uses all 60,000 MNIST training images, `test` the 10,000 test
+   images; there is no validation split (carve one from `train`).
+
+Splits of the `"random_shift"` protocol (each left digit is every image of the
+split in order; its right digit is another image of the same split, drawn at
+random by seed):
 
 | split | left digits | examples |
 |---|---|---|
@@ -68,6 +87,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 TASKS = ("left", "right")
+PROTOCOLS = ("random_shift", "sener2018")
+SENER2018_SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+#: Where the reference loader puts the digits' top-left corners on the canvas.
+SENER2018_CORNERS = ((0, 0), (6, 6))
+#: MNIST pixel mean and standard deviation used by the reference transform.
+SENER2018_NORMALIZATION = (0.1307, 0.3081)
 NUM_CLASSES = 10
 SPLITS = ("train", "validation", "test")
 SPLIT_SIZES = {"train": 50_000, "validation": 10_000, "test": 10_000}
@@ -421,12 +446,87 @@ def build_split(
     }
 
 
+def nearest_resize(canvas: np.ndarray, size: int = IMAGE_SHAPE[0]) -> np.ndarray:
+    """Nearest-neighbour resize of square images with PIL's pixel-centre rule.
+
+    Output pixel `i` takes input pixel `floor((i + 0.5) * n / size)`, as
+    `PIL.Image.resize(..., NEAREST)` (used by `scipy.misc.imresize`).
+
+    Args:
+        canvas: `(N, n, n)` images.
+        size: the output side.
+
+    Returns:
+        `(N, size, size)` images of `canvas`'s dtype.
+    """
+    source = np.floor((np.arange(size) + 0.5) * canvas.shape[-1] / size).astype(int)
+    return canvas[:, source][:, :, source]
+
+
+def sener2018_images(left_digits: np.ndarray, right_digits: np.ndarray) -> np.ndarray:
+    """MultiMNIST images of the `"sener2018"` protocol (see the module docstring).
+
+    Args:
+        left_digits, right_digits: uint8 `(N, 28, 28)` digit images.
+
+    Returns:
+        float32 `(N, 28, 28, 1)`, normalised with mean 0.1307 and std 0.3081.
+    """
+    count = len(left_digits)
+    corners = [np.tile(corner, (count, 1)) for corner in SENER2018_CORNERS]
+    canvas = make_canvas(left_digits, right_digits, *corners).astype(np.float32)
+    brightest = canvas.reshape(count, -1).max(axis=1)[:, None, None]
+    # scipy's bytescale: stretch to 0..255, round half up (the minimum is 0).
+    canvas = np.floor(canvas * (255.0 / np.maximum(brightest, 1.0)) + 0.5)
+    images = nearest_resize(canvas) / 255.0
+    mean, std = SENER2018_NORMALIZATION
+    return ((images - mean) / std).astype(np.float32)[..., None]
+
+
+def build_sener2018_split(
+    digits: np.ndarray,
+    labels: np.ndarray,
+    seed: int | tuple = 0,
+    num_examples: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Pairs every digit with a uniformly drawn digit of the same set (itself
+    included) and composes them as the reference loader does.
+
+    Args:
+        digits: uint8 `(n, 28, 28)` MNIST images.
+        labels: their digit classes `(n,)`.
+        seed: seed of the pairing.
+        num_examples: build only the first examples; all when None.
+
+    Returns:
+        `(images, {"left": ..., "right": ...})`: float32 `(N, 28, 28, 1)` and int32
+        `(N,)` labels.
+    """
+    num_digits = len(digits)
+    partners = np.random.default_rng(seed).integers(0, num_digits, num_digits)
+    count = num_digits if num_examples is None else min(int(num_examples), num_digits)
+    left, right = np.arange(count), partners[:count]
+    images = sener2018_images(digits[left], digits[right])
+    return images, {
+        "left": labels[left].astype(np.int32),
+        "right": labels[right].astype(np.int32),
+    }
+
+
 # --- Public loaders ----------------------------------------------------------------
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+def _check_split(split: str, protocol: str = "random_shift") -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown protocol {protocol!r}; expected one of {PROTOCOLS}.")
+    splits = SPLITS if protocol == "random_shift" else tuple(SENER2018_SPLIT_SIZES)
+    if split not in splits:
+        raise ValueError(
+            f"Unknown split {split!r} for protocol {protocol!r}; expected one of "
+            f"{splits}."
+            + (" Carve a validation set from 'train'." if protocol == "sener2018"
+               else "")
+        )
 
 
 def load_numpy(
@@ -435,6 +535,7 @@ def load_numpy(
     seed: int = 0,
     num_examples: int | None = None,
     download: bool = False,
+    protocol: str = "random_shift",
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Returns one MultiMNIST split as numpy arrays `(images, {"left", "right"})`.
 
@@ -447,12 +548,21 @@ def load_numpy(
         num_examples: only the first examples of the split (the same as the first
             examples of the full split).
         download: fetch missing files from the official address first.
+        protocol: `"random_shift"` (splits train/validation/test, images in
+            [0, 1]) or `"sener2018"` (splits train/test, normalised images);
+            see the module docstring.
 
     Returns:
-        float32 images `(N, 28, 28, 1)` in [0, 1] and int32 labels `(N,)`.
+        float32 images `(N, 28, 28, 1)` and int32 labels `(N,)`.
     """
-    _check_split(split)
+    _check_split(split, protocol)
     mnist = load_mnist(data_dir, download=download)
+    if protocol == "sener2018":
+        prefix = "test" if split == "test" else "train"
+        return build_sener2018_split(
+            mnist[f"{prefix}_images"], mnist[f"{prefix}_labels"],
+            (seed, _SPLIT_STREAMS[split]), num_examples,
+        )
     digits, labels = _split_arrays(mnist, split)
     return build_split(digits, labels, (seed, _SPLIT_STREAMS[split]), num_examples)
 
@@ -465,6 +575,7 @@ def load(
     batch_size: int | None = None,
     download: bool = False,
     shuffle: bool | None = None,
+    protocol: str = "random_shift",
 ) -> tf.data.Dataset:
     """Returns one MultiMNIST split as a `tf.data.Dataset` of `(image, labels)`.
 
@@ -478,13 +589,60 @@ def load(
               validation_data=multi_mnist.load("validation", batch_size=1000))
     ```
     """
-    images, labels = load_numpy(split, data_dir, seed, num_examples, download)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle if shuffle is not None else split == "train":
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    if batch_size is not None:
-        dataset = dataset.batch(batch_size)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    images, labels = load_numpy(
+        split, data_dir, seed, num_examples, download, protocol
+    )
+    shuffle = shuffle if shuffle is not None else split == "train"
+    if batch_size is None:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        if shuffle:
+            dataset = dataset.shuffle(len(images), seed=seed)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+    return in_memory_batches(images, labels, batch_size, shuffle, seed)
+
+
+def in_memory_batches(
+    images: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of arrays held in memory as tensors: a fast `tf.data` pipeline.
+
+    The arrays become constant tensors once; each epoch shuffles only the example
+    indices (no copy of the images into a shuffle buffer) and every batch is one
+    `tf.gather`, inside the graph, prefetched. The last batch may be smaller.
+
+    Args:
+        images: `(N, ...)` inputs.
+        labels: `{task: (N, ...)}` targets.
+        batch_size: examples per batch.
+        shuffle: reshuffle the order every epoch.
+        seed: seed of the shuffling.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, {task: labels})` batches.
+
+    Example:
+
+    ```python
+    batches = in_memory_batches(images, {"left": left, "right": right}, 256)
+    ```
+    """
+    images = tf.constant(images)
+    labels = {task: tf.constant(values) for task, values in labels.items()}
+    order = tf.data.Dataset.range(int(images.shape[0]))
+    if shuffle:
+        order = order.shuffle(int(images.shape[0]), seed=seed,
+                              reshuffle_each_iteration=True)
+
+    def gather(index):
+        return (tf.gather(images, index),
+                {task: tf.gather(values, index) for task, values in labels.items()})
+
+    order = order.batch(batch_size)
+    return order.map(gather, num_parallel_calls=1).prefetch(tf.data.AUTOTUNE)
 
 
 # --- TFDS builder ------------------------------------------------------------------

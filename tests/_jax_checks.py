@@ -12,7 +12,8 @@ import os
 import sys
 import traceback
 
-os.environ["KERAS_BACKEND"] = "jax"
+if __name__ == "__main__":  # imported by test_jax_backend.py: leave its env alone
+    os.environ["KERAS_BACKEND"] = "jax"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402

@@ -266,6 +266,20 @@ is better.
         result.plot(args.plot)
 
 
+def measure_plain_step(throughput: dict, data, args, method: str) -> None:
+    """Times a plain `keras.Model.fit` step of the first run's network on the
+    same arrays (in this process, just before that run) into `throughput`."""
+    from mtl_keras import compare
+
+    tasks = data.tasks if method != compare.SINGLE_TASK else data.tasks[:1]
+    step = plain_fit_step_seconds(data, args.batch_size, tasks)
+    throughput.update(plain_step=step, load_before=load_line(),
+                      plain_tasks=list(tasks))
+    print(f"Plain keras.Model.fit step ({len(tasks)} head(s), same "
+          f"arrays, batch {args.batch_size}): {1000 * step:.1f} ms; "
+          f"{throughput['load_before']}", flush=True)
+
+
 def check_throughput(record, throughput, data, args) -> None:
     """Prints (and saves next to the log) the first run's epoch time against
     steps x the plain `fit` step time measured in the same process."""
@@ -682,13 +696,7 @@ def run_sener2018(args, data, command: str) -> int:
     def measure(method, seed):
         if not throughput and not args.log.with_name(
                 args.log.stem + "_throughput.json").exists():
-            tasks = data.tasks if method != compare.SINGLE_TASK else data.tasks[:1]
-            step = plain_fit_step_seconds(data, args.batch_size, tasks)
-            throughput.update(plain_step=step, load_before=load_line(),
-                              plain_tasks=list(tasks))
-            print(f"Plain keras.Model.fit step ({len(tasks)} head(s), same "
-                  f"arrays, batch {args.batch_size}): {1000 * step:.1f} ms; "
-                  f"{throughput['load_before']}", flush=True)
+            measure_plain_step(throughput, data, args, method)
 
     def on_record(result):
         if throughput and "checked" not in throughput:
@@ -760,13 +768,7 @@ def main(argv=None) -> int:
 
     def measure(method, seed):
         if not throughput:
-            tasks = data.tasks if method != compare.SINGLE_TASK else data.tasks[:1]
-            step = plain_fit_step_seconds(data, args.batch_size, tasks)
-            throughput.update(plain_step=step, load_before=load_line(),
-                              plain_tasks=list(tasks))
-            print(f"Plain keras.Model.fit step ({len(tasks)} head(s), same "
-                  f"arrays, batch {args.batch_size}): {1000 * step:.1f} ms; "
-                  f"{throughput['load_before']}", flush=True)
+            measure_plain_step(throughput, data, args, method)
 
     result = compare.compare(
         data, methods, seeds=args.seeds, epochs=args.epochs,

@@ -346,3 +346,16 @@ def test_every_task_chart_matches_exactly_its_own_tag(tasks, metric_names):
     weight_regexes = charts[("Task weights", "weights")]
     assert [[t for t in all_tags if re.match(r, t)] for r in weight_regexes] == [
         [f"epoch_{task}_weight"] for task in tasks]
+
+
+def test_demo_logdir_writes_the_task_layout(tmp_path):
+    from mtl_keras import demo
+
+    demo.train_shapes(epochs=1, logdir=str(tmp_path), train_size=64,
+                      validation_size=64, batch_size=32, tasks=("cls", "seg"),
+                      verbose=0)
+    layouts = _written_layouts(tmp_path / "train")
+    assert len(layouts) == 1
+    assert {"Task losses", "Task weights"} <= set(_titles(layouts[0]))
+    assert _tags(layouts[0], "Task losses") == [
+        ["^epoch_cls_loss$"], ["^epoch_seg_loss$"]]

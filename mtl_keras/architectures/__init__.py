@@ -55,11 +55,12 @@ from mtl_keras.sharing import (
     variables_by_task,
 )
 
-#: Every public layer class of this package (tests iterate over them).
 LAYERS = tuple(sorted(
     (value for value in dict(globals()).values()
      if isinstance(value, type) and issubclass(value, keras.layers.Layer)),
     key=lambda cls: cls.__name__))
+"""Every public layer class of this package, by name (the tests iterate
+over them, so a new layer is tested without editing a list)."""
 
 __all__ = [
     "ARCHITECTURES",

@@ -34,12 +34,14 @@ from mtl_keras.layers import UnscaledDropout
 from mtl_keras.model import MultiTaskModel
 
 MULTI_MNIST_TASKS = ("left", "right")
+"""The MultiMNIST tasks: the class of the digit towards the top-left and of
+the digit towards the bottom-right."""
 
-#: How the reference networks share their trunk's output between the heads:
-#: "hard" (every head reads it), "mmoe" (an `MMoE` of 4 experts, one layer
-#: of the trunk's width each, acting on the last axis: 1x1 convolutions on
-#: feature maps) or "mtan" (an `MTANAttention` mask per task).
 ARCHITECTURES = ("hard", "mmoe", "mtan")
+"""How the reference networks share their trunk's output between the heads:
+"hard" (every head reads it), "mmoe" (an `MMoE` of 4 experts, one layer of
+the trunk's width each, acting on the last axis: 1x1 convolutions on
+feature maps) or "mtan" (an `MTANAttention` mask per task)."""
 
 
 def task_features(shared, tasks: Sequence[str], architecture: str = "hard") -> dict:

@@ -47,7 +47,7 @@ class MaskedMetric(keras.metrics.Metric):
         self.identifier = metric
         self.metric = metric if isinstance(metric, keras.metrics.Metric) else None
 
-    def _resolve(self, y_true, y_pred) -> keras.metrics.Metric:
+    def _wrapped(self, y_true, y_pred) -> keras.metrics.Metric:
         if self.metric is None:
             self.metric = _resolve(self.identifier, self.name, y_true, y_pred)
         return self.metric
@@ -55,7 +55,7 @@ class MaskedMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.convert_to_tensor(y_true)
         y_pred = ops.convert_to_tensor(y_pred)
-        metric = self._resolve(y_true, y_pred)
+        metric = self._wrapped(y_true, y_pred)
         class_ids = class_id_shapes(y_true, y_pred)
         present = present_mask(y_true, class_ids)
         # A metric's values have one value per sample (per pixel for dense

@@ -5,10 +5,14 @@ plain `keras.Model`, the engine alone (a gradient balancer returning equal
 weights: K backward passes, no balancing math) and a few methods, with both
 ways of computing J (`jacobian="loop"`, `"pfor"`: `jax.vmap` over the VJP on
 JAX, pfor on TensorFlow). Ratios are to the plain model measured in the same
-run. Pick the backend with `KERAS_BACKEND`:
+run. `--update-every 1,8` adds the amortised rows of `update_every=N`;
+`--jit-compile` compiles every step with XLA. "first step" is the wall time
+of the first one-batch `fit` (tracing, plus XLA compilation with
+`--jit-compile`). Pick the backend with `KERAS_BACKEND`:
 
     KERAS_BACKEND=jax python benchmarks/backends.py --steps 20
-    KERAS_BACKEND=tensorflow python benchmarks/backends.py --steps 20
+    KERAS_BACKEND=tensorflow python benchmarks/backends.py --steps 20 \
+        --jacobians loop --update-every 1,8
 """
 
 from __future__ import annotations
@@ -36,26 +40,30 @@ class EqualWeights(mtl_keras.balancers.GramianBalancer):
         return ops.ones_like(task_losses)
 
 
-def make(balancer, jacobian):
+def make(method, jacobian="loop", update_every=1, jit_compile=False):
     keras.utils.set_random_seed(0)
     model = architectures.multi_mnist_lenet()
-    if balancer == "plain":
+    if method == "plain":
         model = keras.Model(model.input, model.output)
-        model.compile("sgd", loss="sparse_categorical_crossentropy")
+        model.compile("sgd", loss="sparse_categorical_crossentropy",
+                      jit_compile=jit_compile)
         return model
-    if balancer == "engine":
-        balancer = EqualWeights()
+    balancer = (EqualWeights(update_every=update_every) if method == "engine"
+                else mtl_keras.balancers.get(method, update_every=update_every))
     model.compile("sgd", loss="sparse_categorical_crossentropy",
-                  balancer=balancer, jacobian=jacobian)
+                  balancer=balancer, jacobian=jacobian, jit_compile=jit_compile)
     return model
 
 
-def ms_per_step(model, x, y, steps, batch):
+def time_fit(model, x, y, steps, batch):
+    """`(first one-batch fit in s, ms per step of the next epoch)`."""
+    start = time.perf_counter()
     model.fit(x[:batch], {k: v[:batch] for k, v in y.items()}, batch_size=batch,
-              epochs=1, verbose=0)  # compile
+              epochs=1, verbose=0)
+    first = time.perf_counter() - start
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    return (time.perf_counter() - start) / steps * 1000
+    return first, (time.perf_counter() - start) / steps * 1000
 
 
 def main(argv=None) -> int:
@@ -63,6 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--methods", default="engine,upgrad,mgda,pcgrad,cagrad")
+    parser.add_argument("--jacobians", default="loop,pfor")
+    parser.add_argument("--update-every", default="1",
+                        help="comma-separated N of update_every=N")
+    parser.add_argument("--jit-compile", action="store_true")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = args.steps * args.batch
@@ -70,16 +82,23 @@ def main(argv=None) -> int:
     y = {t: rng.integers(0, 10, rows).astype("int32") for t in ("left", "right")}
     print(f"# {keras.backend.backend()} | {datetime.date.today()} | "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores | "
-          f"load {os.getloadavg()[0]:.1f} | batch {args.batch}, {args.steps} steps")
-    print("| method | jacobian | ms/step | × plain |")
-    print("|---|---|---|---|")
-    plain = ms_per_step(make("plain", None), x, y, args.steps, args.batch)
-    print(f"| plain keras.Model | - | {plain:.1f} | 1.00 |", flush=True)
+          f"load {os.getloadavg()[0]:.1f} | batch {args.batch}, {args.steps} steps"
+          f" | jit_compile={args.jit_compile}")
+    print("| method | jacobian | update_every | first step s | × plain | "
+          "ms/step | × plain |")
+    print("|---|---|---|---|---|---|---|")
+    first_plain, plain = time_fit(make("plain", jit_compile=args.jit_compile),
+                                  x, y, args.steps, args.batch)
+    print(f"| plain keras.Model | - | - | {first_plain:.1f} | 1.00 | {plain:.1f} "
+          "| 1.00 |", flush=True)
     for method in args.methods.split(","):
-        for jacobian in ("loop", "pfor"):
-            ms = ms_per_step(make(method, jacobian), x, y, args.steps, args.batch)
-            print(f"| {method} | {jacobian} | {ms:.1f} | {ms / plain:.2f} |",
-                  flush=True)
+        for jacobian in args.jacobians.split(","):
+            for every in (int(n) for n in args.update_every.split(",")):
+                model = make(method, jacobian, every, args.jit_compile)
+                first, ms = time_fit(model, x, y, args.steps, args.batch)
+                print(f"| {method} | {jacobian} | {every} | {first:.1f} | "
+                      f"{first / first_plain:.2f} | {ms:.1f} | {ms / plain:.2f} |",
+                      flush=True)
     return 0
 
 

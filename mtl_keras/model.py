@@ -184,7 +184,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             jacobian: How a gradient balancer gets the per-task gradients:
                 `"loop"` (K `GradientTape.gradient` calls on a persistent
                 tape, the default, faster in our measurements) or `"pfor"`
-                (`tape.jacobian` vectorised with pfor).
+                (the backward pass vectorised over the tasks: pfor on
+                TensorFlow, `jax.vmap` on JAX; works with loss scaling).
             diagnostics: What a gradient balancer logs from the Gramian:
                 `"all"` (`grad_norm_<task>` and the pairwise cosines
                 `grad_cos_<a>/<b>`), `"norms"` (the norms only), `"none"`,

@@ -102,6 +102,24 @@ def check_jacobian_methods_agree():
     return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
 
 
+def train_update_every(steps=5):
+    """MGDA with `update_every=3` for `steps` full batches, on any backend:
+    the trained weights (refreshes at steps 0 and 3, cached in between)."""
+    x, y = data(16 * steps)
+    model = build()
+    rng = np.random.default_rng(3)  # the same start on both backends
+    for variable in model.trainable_variables:
+        variable.assign(0.5 * rng.normal(size=variable.shape).astype("float32"))
+    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                  balancer=balancers.get("mgda", update_every=3))
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    return [np.asarray(v).tolist() for v in model.trainable_variables]
+
+
+def check_update_every():
+    return train_update_every()
+
+
 def check_nonfinite_step_is_skipped():
     x, y = data(16)
     x[0, 0] = np.nan

@@ -61,6 +61,13 @@ def test_fixed_weights_train_exactly_like_keras_loss_weights(jax_results):
     assert jax_results["results"]["check_fixed_weights_equal_loss_weights"] < 1e-5
 
 
+def test_update_every_trains_as_on_tensorflow(jax_results):
+    on_jax = jax_results["results"]["check_update_every"]
+    on_tensorflow = checks.train_update_every()
+    for got, want in zip(on_jax, on_tensorflow):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_every_balancer_trains_on_jax_with_the_same_logs(jax_results):
     trained = jax_results["results"]["check_every_balancer_trains"]
     assert sorted(trained) == mtl_keras.balancers.available()

@@ -62,19 +62,22 @@ def _mixed_optimizer(policy):
 
 
 @pytest.mark.parametrize(
-    "policy, balancer, jit_compile",
+    "policy, balancer, jit_compile, jacobian",
     [
-        ("mixed_float16", "uw", False),
-        ("mixed_float16", "pcgrad", False),
-        ("mixed_float16", "pcgrad", True),
-        ("mixed_float16", "mgda_ub", False),  # float16 representation gradient
-        ("mixed_bfloat16", "uw", False),
-        ("mixed_bfloat16", "pcgrad", False),
-        ("mixed_bfloat16", "mgda_ub", False),
+        ("mixed_float16", "uw", False, "loop"),
+        ("mixed_float16", "pcgrad", False, "loop"),
+        ("mixed_float16", "pcgrad", True, "loop"),
+        ("mixed_float16", "pcgrad", False, "pfor"),  # the loss scale seeds pfor
+        ("mixed_float16", "mgda_ub", False, "loop"),  # float16 representation
+        ("mixed_bfloat16", "uw", False, "loop"),
+        ("mixed_bfloat16", "pcgrad", False, "loop"),
+        ("mixed_bfloat16", "mgda_ub", False, "loop"),
     ],
 )
-def test_mixed_step_is_close_to_the_float32_step(policy, balancer, jit_compile):
-    model = _build(policy, balancer, _mixed_optimizer(policy), jit_compile=jit_compile)
+def test_mixed_step_is_close_to_the_float32_step(policy, balancer, jit_compile,
+                                                 jacobian):
+    model = _build(policy, balancer, _mixed_optimizer(policy),
+                   jit_compile=jit_compile, jacobian=jacobian)
     update, logs = _one_step(model, *tiny_data())
     want_update, want_logs = _float32_step(balancer)
     scale = max(np.abs(u).max() for u in want_update)

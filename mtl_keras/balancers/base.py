@@ -54,6 +54,7 @@ class Balancer(keras.layers.Layer):
         if not self.built:
             self.num_tasks = len(task_names)
             self.build_state(self.num_tasks)
+            self.build_engine_state(self.num_tasks)
             self.built = True
 
     def build(self, input_shape=None):
@@ -75,6 +76,11 @@ class Balancer(keras.layers.Layer):
 
     def build_state(self, num_tasks: int) -> None:
         """Creates the balancer's weights. Default: stateless."""
+        del num_tasks
+
+    def build_engine_state(self, num_tasks: int) -> None:
+        """Creates state the engine keeps for every method of a contract
+        (after the method's own `build_state`). Default: none."""
         del num_tasks
 
     def _ensure_built(self, task_losses):
@@ -99,16 +105,21 @@ class Balancer(keras.layers.Layer):
 
     # ------------------------------------------------------- explicit state
 
+    def state_variables(self) -> list:
+        """The variables `get_state` reads: the method's non-trainable
+        state (the engine's own, such as `update_every`'s cache, excluded)."""
+        return list(self.non_trainable_variables)
+
     def get_state(self) -> list:
         """The balancer's state: its non-trainable variables' values
-        (EMAs, counters, cached weights, random seeds)."""
+        (EMAs, counters, random seeds)."""
         # A copy: on TensorFlow a variable converted to a tensor stays a
         # reference that later assignments would change.
-        return [ops.copy(v.value) for v in self.non_trainable_variables]
+        return [ops.copy(v.value) for v in self.state_variables()]
 
     def set_state(self, state) -> None:
         """Assigns a state returned by `get_state` or a `stateless_*` call."""
-        for variable, value in zip(self.non_trainable_variables, state):
+        for variable, value in zip(self.state_variables(), state):
             variable.assign(value)
 
     def stateless_call_method(self, method, state, *args):
@@ -120,7 +131,7 @@ class Balancer(keras.layers.Layer):
         (`ops.cond`) or a stateless JAX step; the caller assigns the new
         state (`set_state`), as optax's `update(...) -> (updates, state)`.
         """
-        variables = self.non_trainable_variables
+        variables = self.state_variables()
         mapping = list(zip(variables, state))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             outputs = method(*args)
@@ -237,22 +248,63 @@ class GradientBalancer(Balancer):
     runs inside a traced branch or a stateless (JAX) train step. The heads
     get the gradient of `sum(w * task_losses)`; weights are constants.
 
+    Every gradient balancer takes `update_every=N`: the weights are
+    recomputed (K backward passes and the balancing math) on every N-th
+    step only; on the steps in between the engine runs one backward pass
+    of `Σ w_k L_k` with the weights of the last refresh, which costs about
+    as much as a plain `keras.Model` step. `N = 1` (the default) refreshes
+    on every step. The trade-off: between refreshes the update is the
+    weighted sum of the task gradients, not the method's own update
+    (PCGrad's projections, GradDrop's sign masks, DB-MTL's normalised
+    gradients apply on refresh steps only) and the weights react to the
+    training N steps late. Gradient diagnostics are averaged over refresh
+    steps.
+
     Args:
         mode: "params" (gradients over the shared variables) or "rep"
             (gradients over the shared representation tensor, one extra
             backward pass instead of K over the trunk).
+        update_every: Recompute the weights every this many steps (≥ 1).
     """
 
     kind = "gradient"
 
-    def __init__(self, mode: str = "params", name: str | None = None, **kwargs):
+    def __init__(self, mode: str = "params", update_every: int = 1,
+                 name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         if mode not in ("params", "rep"):
             raise ValueError(
                 f"{type(self).__name__}: mode must be 'params' or 'rep', got "
                 f"{mode!r}."
             )
+        if isinstance(update_every, bool) or not isinstance(update_every, int) \
+                or update_every < 1:
+            raise ValueError(
+                f"{type(self).__name__}: update_every must be a whole number "
+                f">= 1 (1 recomputes the weights on every step), got "
+                f"{update_every!r}.")
         self.mode = mode
+        self.update_every = update_every
+        self.cached_weights = None
+        self.steps_to_refresh = None
+
+    def build_engine_state(self, num_tasks: int) -> None:
+        """With `update_every > 1`: the weights of the last refresh and the
+        steps left until the next one (saved with the model)."""
+        if self.update_every == 1:
+            return
+        self.cached_weights = self.add_weight(
+            shape=(num_tasks,), initializer="ones", trainable=False,
+            name="cached_weights")
+        self.steps_to_refresh = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False,
+            name="steps_to_refresh")
+
+    def state_variables(self) -> list:
+        engine_state = {id(v) for v in (self.cached_weights,
+                                         self.steps_to_refresh) if v is not None}
+        return [v for v in self.non_trainable_variables
+                if id(v) not in engine_state]
 
     def build_for_jacobian(self, num_params: int) -> None:
         """Called by the engine with P before the first step. Default: no-op."""
@@ -274,7 +326,8 @@ class GradientBalancer(Balancer):
         return update
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode,
+                "update_every": self.update_every}
 
 
 class GramianBalancer(GradientBalancer):

@@ -92,8 +92,10 @@ class NashMTL(GramianBalancer):
     scale therefore also applies to the task heads; in `mode="rep"` the norm
     is that of the representation gradient. `max_norm=0` disables it.
 
-    `update_every=N` recomputes the weights every N calls only (reusing the
-    last ones in between), the reference's speed-up.
+    `update_every=N` recomputes the weights every N steps only, the
+    reference's speed-up; in between, the engine runs one backward pass of
+    `Σ α_k L_k` with the last weights (as the reference does; the clip of
+    `max_norm` applies on refresh steps), see `GradientBalancer`.
 
     Args:
         max_norm: Clip of the update norm, 0 to disable.
@@ -120,11 +122,8 @@ class NashMTL(GramianBalancer):
         name: str | None = None,
         **kwargs,
     ):
-        super().__init__(mode=mode, name=name, **kwargs)
-        if update_every < 1:
-            raise ValueError(f"NashMTL: update_every must be ≥ 1, got {update_every}.")
+        super().__init__(mode=mode, update_every=update_every, name=name, **kwargs)
         self.max_norm = float(max_norm)
-        self.update_every = int(update_every)
         self.iterations = int(iterations)
         self.reg_eps = float(reg_eps)
 
@@ -134,9 +133,6 @@ class NashMTL(GramianBalancer):
             initializer="zeros",
             trainable=False,
             name="last_weights",
-        )
-        self.step_counter = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, name="step"
         )
 
     def _solve(self, gramian):
@@ -169,16 +165,8 @@ class NashMTL(GramianBalancer):
         return ops.where(degenerate, fallback, solution / norms)
 
     def compute_weights(self, task_losses, gramian):
-        if self.update_every == 1:
-            weights = self._solve(gramian)
-        else:
-            weights = ops.cond(
-                ops.mod(self.step_counter.value, self.update_every) == 0,
-                lambda: self._solve(gramian),
-                lambda: ops.copy(self.last_weights.value),
-            )
+        weights = self._solve(gramian)
         self.last_weights.assign(weights)
-        self.step_counter.assign_add(1)
         if self.max_norm > 0:
             norm = ops.maximum(update_norm(weights, gramian), 1e-20)
             weights = weights * ops.minimum(1.0, self.max_norm / norm)
@@ -188,7 +176,6 @@ class NashMTL(GramianBalancer):
         return {
             **super().get_config(),
             "max_norm": self.max_norm,
-            "update_every": self.update_every,
             "iterations": self.iterations,
             "reg_eps": self.reg_eps,
         }

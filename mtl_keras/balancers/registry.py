@@ -56,7 +56,7 @@ def normalise_name(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
-def get(identifier) -> Balancer | None:
+def get(identifier, **kwargs) -> Balancer | None:
     """Returns a balancer from an instance, a registered name or a config.
 
     Args:
@@ -64,6 +64,8 @@ def get(identifier) -> Balancer | None:
             such as `"pcgrad"` or `"nash-mtl"` (dashes are accepted), a dict
             `{"class_name": ..., "config": ...}` as produced by `serialize`,
             or `None` (no balancer).
+        **kwargs: Constructor arguments for a balancer given by name, e.g.
+            `get("mgda", update_every=8)`.
 
     Example:
 
@@ -73,13 +75,17 @@ def get(identifier) -> Balancer | None:
                                          "config": {"c": 0.5}})
     ```
     """
+    if kwargs and not isinstance(identifier, str):
+        raise ValueError(
+            f"Constructor arguments {sorted(kwargs)} need a balancer name; "
+            f"got {identifier!r}: configure the instance instead.")
     if identifier is None or isinstance(identifier, Balancer):
         return identifier
     if isinstance(identifier, str):
         name = normalise_name(identifier)
         if name in _ALIASES:
-            target, kwargs = _ALIASES[name]
-            return _REGISTRY[target](**kwargs)
+            target, alias_kwargs = _ALIASES[name]
+            return _REGISTRY[target](**{**alias_kwargs, **kwargs})
         if name in CALLBACK_METHODS:
             raise ValueError(CALLBACK_METHODS[name])
         if name not in _REGISTRY:
@@ -87,7 +93,7 @@ def get(identifier) -> Balancer | None:
                 f"Unknown balancer {identifier!r}. Available balancers: "
                 f"{', '.join(available())}."
             )
-        return _REGISTRY[name]()
+        return _REGISTRY[name](**kwargs)
     if isinstance(identifier, dict):
         class_name = identifier.get("class_name", "")
         config = dict(identifier.get("config", {}))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 from typing import Any, NamedTuple
 
-import numpy as np
 from keras import ops
+
+from mtl_keras.balancers.base import JacobianBalancer
 
 
 class BalancedGradients(NamedTuple):
@@ -73,16 +74,6 @@ def flatten(tensors) -> Any:
         [ops.reshape(ops.cast(t, "float32"), (-1,)) for t in tensors], axis=0)
 
 
-def unflatten(vector, variables) -> list:
-    """Splits a flat vector back into tensors shaped like `variables`."""
-    sizes = [int(np.prod(v.shape)) for v in variables]
-    pieces = ops.split(vector, list(np.cumsum(sizes)[:-1]))
-    return [
-        ops.cast(ops.reshape(piece, tuple(v.shape)), v.dtype)
-        for piece, v in zip(pieces, variables)
-    ]
-
-
 def add_gradients(grads, extra) -> list:
     """Adds two gradient lists, reading `None` as zero."""
     summed = []
@@ -101,30 +92,142 @@ def gramian_of(jacobian):
     return ops.matmul(jacobian, ops.transpose(jacobian))
 
 
-def guarded_balance(balancer, task_losses, jacobian, usable, loss_scale=1.0):
-    """Runs the balancer only when `usable`: `(update, weights, gramian)`.
+# J is held as blocks, one (K, P_v) float32 matrix per variable (or per
+# representation tensor): the Gramian is the sum of the blocks' Gramians and
+# the update `wᵀJ` is computed block by block, so the full K×P matrix is
+# never assembled (nor copied) for Gramian balancers.
 
-    `jacobian` holds the gradients of the loss-scaled task losses. With
-    loss scaling J may overflow while the losses are finite: the balancer
-    must not see it (its state would turn NaN). On such a step the update
-    is the plain (non-finite) sum of the rows, which makes a
-    `LossScaleOptimizer` skip the step and lower its scale, the weights are
-    ones, the Gramian zeros and the balancer state unchanged. The balancer
-    runs as a pure function of its state (`stateless_update`); the new
-    state is assigned after the branch.
+def gramian_of_blocks(blocks):
+    """`J Jᵀ` summed over J's blocks."""
+    return sum(gramian_of(block) for block in blocks)
+
+
+def combine_rows(weights, blocks) -> list:
+    """`wᵀJ`, block by block: one (P_v,) vector per block."""
+    return [ops.matmul(weights[None, :], block)[0] for block in blocks]
+
+
+def rows_finite(blocks):
+    """(K,) booleans: task k's gradient is finite in every block."""
+    return ops.all(ops.stack(
+        [ops.all(ops.isfinite(block), axis=1) for block in blocks]), axis=0)
+
+
+def guarded_balance(balancer, state, task_losses, blocks, usable,
+                    loss_scale=1.0):
+    """Runs the balancer only when `usable`: `(update blocks, weights,
+    gramian, new_state)`, a pure function of the balancer's `state`.
+
+    `blocks` hold the gradients of the loss-scaled task losses. With loss
+    scaling J may overflow while the losses are finite: the balancer must
+    not see it (its state would turn NaN). On such a step the update is the
+    plain (non-finite) sum of the rows, which makes a `LossScaleOptimizer`
+    skip the step and lower its scale, the weights are ones, the Gramian
+    zeros and the state unchanged. Loss scales are powers of two, so
+    unscaling the Gramian by `loss_scale²` is exact.
     """
-    safe_jacobian = ops.where(usable, jacobian, 0.0) / loss_scale
-    gramian = gramian_of(safe_jacobian)
-    state = balancer.get_state()
+    ones = ops.ones_like(task_losses)
+    if isinstance(balancer, JacobianBalancer):
+        update, weights, gramian, new_state = _balance_jacobian(
+            balancer, state, task_losses, blocks, usable, loss_scale)
+    else:
+        gramian = ops.where(usable, gramian_of_blocks(blocks), 0.0) / (
+            loss_scale * loss_scale)
+        weights, new_state = ops.cond(
+            usable,
+            lambda: balancer.stateless_balance(state, task_losses, gramian),
+            lambda: (ones, state))
+        update = combine_rows(ops.where(usable, weights, 0.0), blocks)
+    weights = ops.stop_gradient(weights)
+    update = [ops.where(usable, u, ops.sum(block, axis=0))
+              for u, block in zip(update, blocks)]
+    return update, weights, gramian, new_state
+
+
+def _balance_jacobian(balancer, state, task_losses, blocks, usable, loss_scale):
+    """A `JacobianBalancer` on the assembled J (it needs J itself)."""
+    jacobian = ops.where(usable, ops.concatenate(blocks, axis=1), 0.0) / loss_scale
+    gramian = gramian_of(jacobian)
     update, weights, new_state = ops.cond(
         usable,
-        lambda: balancer.stateless_update(state, task_losses, safe_jacobian, gramian),
+        lambda: balancer.stateless_update(state, task_losses, jacobian, gramian),
         lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(task_losses), state),
     )
+    return split_like(update * loss_scale, blocks), weights, gramian, new_state
+
+
+def split_like(vector, blocks) -> list:
+    """Splits a (P,) vector into one piece per (K, P_v) block (P_v may be
+    known only at run time: a representation's batch size)."""
+    pieces, start = [], 0
+    for block in blocks:
+        size = block.shape[1] if block.shape[1] is not None else ops.shape(block)[1]
+        pieces.append(ops.slice(vector, [start], [size]))
+        start = start + size
+    return pieces
+
+
+class SharedStep(NamedTuple):
+    """The shared part of a balanced step (see `amortised_balance`).
+
+    Attributes:
+        update: The update of the shared variables or representation: one
+            flat vector per variable (or representation tensor).
+        weights: The (K,) task weights, constants.
+        gramian: The (K, K) Gramian (zeros when the balancer did not run).
+        finite_tasks: (K,) booleans, see `finite_task_flags`.
+        balanced: Scalar boolean: the balancer ran on this step.
+    """
+
+    update: Any
+    weights: Any
+    gramian: Any
+    finite_tasks: Any
+    balanced: Any
+
+
+def amortised_balance(balancer, refresh, reuse) -> SharedStep:
+    """The shared step, with the weights recomputed every `update_every`.
+
+    Args:
+        balancer: The gradient balancer.
+        refresh: `refresh(state) -> (SharedStep, new_state)`: J, the
+            balancer and its update, as a pure function of the balancer's
+            state.
+        reuse: `reuse(weights) -> (update, finite_tasks)`: the shared
+            update of `Σ w_k L_k` for the given weights (one backward pass).
+
+    With `update_every == 1` this is `refresh` on every step. Otherwise a
+    conditional runs `refresh` when the countdown is at zero and `reuse`
+    with the cached weights in between; the new balancer state, the cached
+    weights and the countdown are assigned after it (a refresh whose
+    gradients were not finite is retried on the next step).
+    """
+    state = balancer.get_state()
+    if balancer.update_every == 1:
+        step, new_state = refresh(state)
+        balancer.set_state(new_state)
+        return step
+    cached_weights = ops.convert_to_tensor(balancer.cached_weights)
+    due = ops.equal(ops.convert_to_tensor(balancer.steps_to_refresh), 0)
+
+    def reuse_cached():
+        update, finite_tasks = reuse(cached_weights)
+        no_gramian = ops.zeros((cached_weights.shape[0],) * 2, "float32")
+        return SharedStep(update, cached_weights, no_gramian, finite_tasks,
+                          ops.zeros((), "bool")), state
+
+    step, new_state = ops.cond(due, lambda: refresh(state), reuse_cached)
+    step = SharedStep(*step)
     balancer.set_state(new_state)
-    weights = ops.stop_gradient(weights)
-    update = ops.where(usable, update * loss_scale, ops.sum(jacobian, axis=0))
-    return update, weights, gramian
+    balancer.cached_weights.assign(
+        ops.where(step.balanced, step.weights, cached_weights))
+    countdown = ops.convert_to_tensor(balancer.steps_to_refresh)
+    failed_refresh = ops.logical_and(due, ops.logical_not(step.balanced))
+    balancer.steps_to_refresh.assign(ops.where(
+        failed_refresh, 0,
+        ops.where(due, balancer.update_every - 1, countdown - 1)))
+    return step
 
 
 def guarded_post_step(balancer, losses_before, losses_after, apply):

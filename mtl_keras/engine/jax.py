@@ -43,25 +43,19 @@ def replica_mean(value):
     return value
 
 
-def _flat_rows(cotangents, num_tasks: int):
-    return jnp.concatenate(
-        [jnp.reshape(c.astype("float32"), (num_tasks, -1)) for c in cotangents],
-        axis=1)
-
-
-def task_jacobian(vjp_fn, num_tasks: int, loss_scale=1.0, method: str = "loop"):
-    """J (K×P) and the head cotangents from a VJP of `(losses, reg)`.
-
-    Returns `(jacobian over the shared values, per-task head cotangents)`;
-    `vjp_fn` maps cotangents `((K,), ())` to `(shared, heads)` cotangents.
-    """
+def jacobian_blocks(vjp_fn, num_tasks: int, loss_scale=1.0,
+                    method: str = "loop") -> list:
+    """J as blocks, one (K, P_v) float32 matrix per shared value, from a VJP
+    of `(losses, regularization)`; `vjp_fn` maps cotangents `((K,), ())`
+    to `(shared, heads)` cotangents."""
     seeds = jnp.eye(num_tasks, dtype="float32") * loss_scale
     zero = jnp.zeros((), "float32")
     if method == "pfor":
-        shared, _ = jax.vmap(lambda seed: vjp_fn((seed, zero)))(seeds)
-        return _flat_rows(shared, num_tasks)
-    rows = [core.flatten(vjp_fn((seeds[k], zero))[0]) for k in range(num_tasks)]
-    return jnp.stack(rows)
+        stacked = jax.vmap(lambda seed: vjp_fn((seed, zero))[0])(seeds)
+    else:
+        rows = [vjp_fn((seeds[k], zero))[0] for k in range(num_tasks)]
+        stacked = [jnp.stack(per_task) for per_task in zip(*rows)]
+    return [jnp.reshape(b.astype("float32"), (num_tasks, -1)) for b in stacked]
 
 
 def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
@@ -73,31 +67,45 @@ def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
     del regularization
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     task_losses = ops.cast(task_losses, "float32")
+    balancer._ensure_built(task_losses)
     num_tasks = task_losses.shape[0]
-    jacobian_matrix = task_jacobian(vjp_fn, num_tasks, scale, jacobian)
-    grads_finite = (True if loss_scale is not None
-                    else ops.all(ops.isfinite(jacobian_matrix), axis=1))
-    finite_tasks = core.finite_task_flags(task_losses, grads_finite)
-    usable = ops.logical_and(ops.all(finite_tasks),
-                             ops.all(ops.isfinite(jacobian_matrix)))
-    update, weights, gramian = core.guarded_balance(
-        balancer, ops.stop_gradient(task_losses), jacobian_matrix, usable, scale)
-    shared_grads = core.unflatten(update, shared_values)
-    # Heads and regularization: one more pull-back, weights held constant.
-    full_shared, head_grads = vjp_fn((weights * scale, jnp.asarray(scale, "float32")))
+
+    def refresh(state):
+        blocks = jacobian_blocks(vjp_fn, num_tasks, scale, jacobian)
+        rows_finite = core.rows_finite(blocks)
+        grads_finite = True if loss_scale is not None else rows_finite
+        finite_tasks = core.finite_task_flags(task_losses, grads_finite)
+        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        update, weights, gramian, new_state = core.guarded_balance(
+            balancer, state, ops.stop_gradient(task_losses), blocks, usable, scale)
+        return core.SharedStep(update, weights, gramian, finite_tasks,
+                               usable), new_state
+
+    def reuse(weights):
+        grads = vjp_fn((weights * scale, jnp.zeros((), "float32")))[0]
+        update = [jnp.reshape(g.astype("float32"), (-1,)) for g in grads]
+        grads_finite = True if loss_scale is not None else ops.all(ops.stack(
+            [ops.all(ops.isfinite(u)) for u in update]))
+        return update, core.finite_task_flags(task_losses, grads_finite)
+
+    step = core.amortised_balance(balancer, refresh, reuse)
+    weights = step.weights
+    shared_grads = [jnp.reshape(u, v.shape).astype(v.dtype)
+                    for u, v in zip(step.update, shared_values)]
+    # Heads: one more pull-back, weights held constant (its shared part is
+    # unused and XLA drops it).
+    head_grads = vjp_fn((weights * scale, jnp.zeros((), "float32")))[1]
     if callable(has_regularization):
         has_regularization = has_regularization()
     if has_regularization:
-        # The regularization's share of the shared gradients: what the full
-        # pull-back holds beyond `Σ w_k ∇L_k`. (Without regularizers the
-        # shared part of that pull-back is unused and XLA drops it.)
-        weighted_rows = core.unflatten(
-            ops.matmul(weights[None, :], jacobian_matrix)[0], shared_values)
-        shared_grads = [s + (f - w) for s, f, w in zip(shared_grads, full_shared,
-                                                        weighted_rows)]
+        shared_reg, head_reg = vjp_fn(
+            (jnp.zeros_like(weights), jnp.asarray(scale, "float32")))
+        shared_grads = [s + r for s, r in zip(shared_grads, shared_reg)]
+        head_grads = [h + r for h, r in zip(head_grads, head_reg)]
     result = BalancedGradients(
         grads=list(shared_grads) + list(head_grads), weights=weights,
-        gramian=gramian, finite_tasks=finite_tasks, balanced=usable)
+        gramian=step.gramian, finite_tasks=step.finite_tasks,
+        balanced=step.balanced)
     return result, aux
 
 

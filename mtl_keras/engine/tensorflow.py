@@ -62,41 +62,45 @@ def _zeros_for_none(grads, targets) -> list:
     return [tf.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
 
 
-def task_jacobian(tape, task_losses, targets, method: str = "loop",
-                  loss_scale=1.0):
-    """The task Jacobian J (K×P): row k is ∇ (loss_scale·task_losses[k]).
+def jacobian_blocks(tape, task_losses, targets, method: str = "loop",
+                    loss_scale=1.0) -> list:
+    """The task Jacobian J as blocks: one (K, P_v) float32 matrix per target,
+    whose row k is ∇ (loss_scale·task_losses[k]) over that target.
 
     Args:
         tape: A persistent `tf.GradientTape` that recorded the losses.
         task_losses: The (K,) losses.
         targets: Variables or tensors (the shared representation).
-        method: `"loop"`: K `tape.gradient` calls. `"pfor"`:
-            `tape.jacobian` vectorised with pfor. On the reference model the
-            loop measured faster (benchmarks/overhead.py); the non-pfor
+        method: `"loop"`: K `tape.gradient` calls. `"pfor"`: the same
+            backward pass vectorised over the K seeds (`tf.vectorized_map`,
+            as `tape.jacobian` does). On the reference model the loop
+            measured faster (benchmarks/backends.py); a `tf.while_loop`
             Jacobian must never be used (64× slower under XLA).
         loss_scale: Seed of the backward passes (a loss scale multiplies
             every gradient; the losses themselves stay unscaled).
     """
     num_tasks = task_losses.shape[0]
-    if method == "pfor":
-        if not (isinstance(loss_scale, float) and loss_scale == 1.0):
-            raise ValueError("jacobian='pfor' does not support loss scaling; "
-                             "use jacobian='loop' under mixed precision.")
-        jacobians = tape.jacobian(task_losses, targets, experimental_use_pfor=True)
-        rows = [
-            tf.reshape(tf.cast(j, "float32"), [num_tasks, -1]) if j is not None
-            else tf.zeros([num_tasks, int(np.prod(t.shape))], "float32")
-            for j, t in zip(jacobians, targets)
-        ]
-        return tf.concat(rows, axis=1)
-    rows = []
-    for k in range(num_tasks):
+
+    def gradients(seed):
         # Selecting task k by `output_gradients` (not by indexing the loss
         # vector, an op the tape would not have recorded).
-        selector = tf.one_hot(k, num_tasks, dtype=task_losses.dtype) * loss_scale
-        grads = tape.gradient(task_losses, targets, output_gradients=selector)
-        rows.append(core.flatten(_zeros_for_none(grads, targets)))
-    return tf.stack(rows)
+        grads = tape.gradient(task_losses, targets, output_gradients=seed)
+        return [tf.cast(g, "float32") for g in _zeros_for_none(grads, targets)]
+
+    seeds = tf.eye(num_tasks, dtype=task_losses.dtype) * loss_scale
+    if method == "pfor":
+        stacked = tf.vectorized_map(gradients, seeds)
+    else:
+        rows = [gradients(seeds[k]) for k in range(num_tasks)]
+        stacked = [tf.stack(per_task) for per_task in zip(*rows)]
+    return [tf.reshape(block, [num_tasks, -1]) for block in stacked]
+
+
+def task_jacobian(tape, task_losses, targets, method: str = "loop",
+                  loss_scale=1.0):
+    """The task Jacobian J (K×P) as one matrix (see `jacobian_blocks`)."""
+    return tf.concat(
+        jacobian_blocks(tape, task_losses, targets, method, loss_scale), axis=1)
 
 
 # ------------------------------------------------------------ public entry
@@ -194,35 +198,23 @@ def balanced_gradients(
             f"{type(balancer).__name__}(mode='rep') differentiates with "
             "respect to the shared representation: pass `representation=`.")
     task_losses = ops.cast(task_losses, "float32")
+    balancer._ensure_built(task_losses)
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     targets = (list(shared_variables) if representation is None
                else keras.tree.flatten(representation))
     if representation is None:
         balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
-
-    jacobian_matrix = all_reduce_sum(
-        task_jacobian(tape, task_losses, targets, jacobian, scale))
-    global_losses = all_reduce_sum(ops.stop_gradient(task_losses))
-    # Under loss scaling, the LossScaleOptimizer skips non-finite gradients
-    # itself (and lowers its scale): only the losses decide.
-    grads_finite = (True if loss_scale is not None
-                    else ops.all(ops.isfinite(jacobian_matrix), axis=1))
-    finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
-    usable = ops.logical_and(ops.all(finite_tasks),
-                             ops.all(ops.isfinite(jacobian_matrix)))
-    update, weights, gramian = core.guarded_balance(
-        balancer, global_losses, jacobian_matrix, usable, scale)
+    step = _shared_step(tape, task_losses, targets, balancer, jacobian, scale,
+                        loss_scale is not None)
+    weights = step.weights
     # J was summed over replicas and optimizer.apply sums again.
-    update = update / num_replicas()
+    update = [ops.cast(ops.reshape(piece / num_replicas(), ops.shape(t)), t.dtype)
+              for piece, t in zip(step.update, targets)]
     if representation is not None:
-        # J's columns run over the representations, flattened in turn.
-        pieces = tf.split(update, [tf.size(r) for r in targets])
-        upstream = [ops.reshape(ops.cast(piece, r.dtype), ops.shape(r))
-                    for piece, r in zip(pieces, targets)]
         shared_grads = tape.gradient(targets, list(shared_variables),
-                                     output_gradients=upstream)
+                                     output_gradients=update)
     else:
-        shared_grads = core.unflatten(update, shared_variables)
+        shared_grads = update
     head_grads = (tape.gradient(task_losses, list(head_variables),
                                 output_gradients=weights * scale)
                   if head_variables else [])
@@ -236,7 +228,60 @@ def balanced_gradients(
         head_grads = core.add_gradients(head_grads, extra[len(shared_grads):])
     return BalancedGradients(
         grads=list(shared_grads) + list(head_grads), weights=weights,
-        gramian=gramian, finite_tasks=finite_tasks, balanced=usable)
+        gramian=step.gramian, finite_tasks=step.finite_tasks,
+        balanced=step.balanced)
+
+
+def _shared_step(tape, task_losses, targets, balancer, method, scale,
+                 loss_scaled: bool) -> core.SharedStep:
+    """J, the balancer and the shared update (see `core.amortised_balance`).
+
+    Under several replicas J is all-reduced before the conditional (a
+    collective cannot run inside one), so `update_every` then saves the
+    balancing math but not the K backward passes.
+    """
+    global_losses = all_reduce_sum(ops.stop_gradient(task_losses))
+
+    def jacobian():
+        return all_reduce_sum(
+            jacobian_blocks(tape, task_losses, targets, method, scale))
+
+    def balance(blocks, state):
+        # Under loss scaling, the LossScaleOptimizer skips non-finite
+        # gradients itself (and lowers its scale): only the losses decide.
+        rows_finite = core.rows_finite(blocks)
+        grads_finite = True if loss_scaled else rows_finite
+        finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
+        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        update, weights, gramian, new_state = core.guarded_balance(
+            balancer, state, global_losses, blocks, usable, scale)
+        step = core.SharedStep(update, weights, gramian, finite_tasks, usable)
+        return step, new_state
+
+    if num_replicas() > 1:
+        shared_blocks = jacobian()
+        return core.amortised_balance(
+            balancer, lambda state: balance(shared_blocks, state),
+            lambda weights: _reuse_with_jacobian(
+                shared_blocks, task_losses, weights, loss_scaled))
+
+    def reuse(weights):
+        grads = tape.gradient(task_losses, targets,
+                              output_gradients=weights * scale)
+        update = [tf.reshape(tf.cast(g, "float32"), [-1])
+                  for g in _zeros_for_none(grads, targets)]
+        grads_finite = True if loss_scaled else ops.all(ops.stack(
+            [ops.all(ops.isfinite(u)) for u in update]))
+        return update, core.finite_task_flags(task_losses, grads_finite)
+
+    return core.amortised_balance(
+        balancer, lambda state: balance(jacobian(), state), reuse)
+
+
+def _reuse_with_jacobian(blocks, task_losses, weights, loss_scaled):
+    grads_finite = True if loss_scaled else core.rows_finite(blocks)
+    return (core.combine_rows(weights, blocks),
+            core.finite_task_flags(task_losses, grads_finite, replica_mean))
 
 
 # ------------------------------------------------------------ the trainer

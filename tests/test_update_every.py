@@ -1,0 +1,121 @@
+"""`update_every=N`: the weights of every gradient balancer refreshed every N
+steps, one backward pass of `Σ w_k L_k` with the cached weights in between."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtl_keras import balancers, engine
+from mtl_keras.engine.tensorflow import task_jacobian
+from tests._tiny import LOSSES, max_weight_difference, tiny_data, tiny_network
+
+GRADIENT_METHODS = sorted(
+    name for name in balancers.available()
+    if isinstance(balancers.get(name), balancers.GradientBalancer))
+
+
+def _train(name, steps=4, **balancer_kwargs):
+    model = tiny_network()
+    balancer = balancers.get(name, **balancer_kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSSES,
+                  balancer=balancer)
+    x, y = tiny_data(n=16 * steps)
+    history = model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    return model, history.history
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_update_every_one_is_the_default_exactly(name):
+    default, _ = _train(name, steps=3)
+    explicit, _ = _train(name, steps=3, update_every=1)
+    assert max_weight_difference(default, explicit) == 0.0
+    # No extra state: a `.keras` file of either has the same variables.
+    assert len(default.balancer.variables) == len(explicit.balancer.variables)
+    assert explicit.balancer.get_config()["update_every"] == 1
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_every_gradient_balancer_trains_with_update_every(name):
+    model, history = _train(name, steps=6, update_every=3)
+    assert all(np.isfinite(v.numpy()).all() for v in model.weights)
+    assert history["skipped_steps"] == [0.0]
+    # Two refreshes in six steps; the countdown is back at zero.
+    assert int(model.balancer.steps_to_refresh.numpy()) == 0
+    restored = balancers.get(name).__class__.from_config(
+        model.balancer.get_config())
+    assert restored.update_every == 3
+
+
+def _custom_loop_step(model, balancer, x, y):
+    trunk = model.get_layer("trunk").trainable_variables
+    heads = [v for task in ("a", "b")
+             for v in model.get_layer(task).trainable_variables]
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = model(x, training=True)
+        task_losses = keras.ops.stack([
+            keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+                y["a"], outputs["a"])),
+            keras.ops.mean(keras.losses.mean_squared_error(y["b"], outputs["b"]))])
+    result = engine.balanced_gradients(tape, task_losses, trunk, heads, balancer)
+    weighted = tape.gradient(task_losses, trunk + heads,
+                             output_gradients=result.weights)
+    jacobian = task_jacobian(tape, task_losses, trunk)
+    fresh = balancers.get("mgda").balance(task_losses,
+                                          engine.core.gramian_of(jacobian))
+    return result, weighted, fresh, trunk + heads
+
+
+def test_cached_steps_apply_the_last_refreshed_weights():
+    model = tiny_network()
+    balancer = balancers.MGDA(update_every=3)
+    optimizer = keras.optimizers.SGD(0.5)
+    x, y = tiny_data(n=96)
+    refreshed = None
+    for step in range(5):
+        batch = slice(16 * step, 16 * (step + 1))
+        result, weighted, fresh, variables = _custom_loop_step(
+            model, balancer, x[batch], {k: v[batch] for k, v in y.items()})
+        # Every step's gradients are those of Σ w_k L_k for the weights used.
+        for got, want in zip(result.grads, weighted):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        if step % 3 == 0:  # refresh: MGDA's own weights on this batch
+            assert bool(result.balanced)
+            np.testing.assert_allclose(result.weights, fresh, atol=1e-5)
+            refreshed = np.array(result.weights)
+        else:  # cached: the refresh's weights, not this batch's
+            assert not bool(result.balanced)
+            np.testing.assert_array_equal(result.weights, refreshed)
+            assert np.abs(np.array(fresh) - refreshed).max() > 1e-4
+        optimizer.apply(result.grads, variables)
+
+
+def test_resume_mid_cycle_continues_exactly(tmp_path):
+    x, y = tiny_data(n=96)
+
+    def fit(model, steps, start):
+        batch = slice(16 * start, 16 * (start + steps))
+        model.fit(x[batch], {k: v[batch] for k, v in y.items()}, batch_size=16,
+                  epochs=1, shuffle=False, verbose=0)
+
+    straight = tiny_network()
+    straight.compile(optimizer="adam", loss=LOSSES,
+                     balancer=balancers.PCGrad(seed=1, update_every=4))
+    fit(straight, 6, 0)
+
+    first = tiny_network()
+    first.compile(optimizer="adam", loss=LOSSES,
+                  balancer=balancers.PCGrad(seed=1, update_every=4))
+    fit(first, 2, 0)
+    path = str(tmp_path / "mid_cycle.keras")
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    assert int(resumed.balancer.steps_to_refresh.numpy()) == 2
+    fit(resumed, 4, 2)
+    assert max_weight_difference(straight, resumed) == 0.0
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "8"])
+def test_bad_update_every_names_the_fix(bad):
+    with pytest.raises(ValueError, match="update_every must be a whole number"):
+        balancers.UPGrad(update_every=bad)

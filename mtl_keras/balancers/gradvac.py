@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
-from mtl_keras.balancers.base import GramianBalancer
-from mtl_keras.balancers.pcgrad import fixed_orders, random_orders
+from mtl_keras.balancers.pcgrad import PCGrad
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
 
@@ -65,7 +63,7 @@ def vaccinate(gramian, orders, targets, beta: float):
 
 
 @register("gradvac")
-class GradVac(GramianBalancer):
+class GradVac(PCGrad):
     """Gradient vaccine: raises pairwise gradient cosines to adaptive targets.
 
     Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
@@ -85,7 +83,8 @@ class GradVac(GramianBalancer):
     the paper (LibMTL's current code only updates it when a correction is
     applied, which lets targets only decrease).
 
-    Random order per task and step as in `PCGrad` (`shuffle`, `seed`).
+    GradVac generalises PCGrad (target 0 for every pair, no EMA), whose
+    random order per task and step it reuses (`shuffle`, `seed`).
 
     Args:
         beta: EMA rate of the target cosines.
@@ -110,11 +109,8 @@ class GradVac(GramianBalancer):
         name: str | None = None,
         **kwargs,
     ):
-        super().__init__(mode=mode, name=name, **kwargs)
+        super().__init__(shuffle=shuffle, seed=seed, mode=mode, name=name, **kwargs)
         self.beta = float(beta)
-        self.shuffle = bool(shuffle)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build_state(self, num_tasks: int) -> None:
         self.target_cosines = self.add_weight(
@@ -125,21 +121,12 @@ class GradVac(GramianBalancer):
         )
 
     def compute_weights(self, task_losses, gramian):
-        num = gramian.shape[0]
-        if self.shuffle:
-            orders = random_orders(num, self.seed_generator)
-        else:
-            orders = fixed_orders(num)
         coefficients, targets = vaccinate(
-            gramian, orders, ops.convert_to_tensor(self.target_cosines), self.beta
+            gramian, self.task_orders(gramian.shape[0]),
+            ops.convert_to_tensor(self.target_cosines), self.beta
         )
         self.target_cosines.assign(targets)
         return ops.sum(coefficients, axis=0)
 
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "beta": self.beta,
-            "shuffle": self.shuffle,
-            "seed": self.seed,
-        }
+        return {**super().get_config(), "beta": self.beta}

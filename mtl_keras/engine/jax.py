@@ -101,36 +101,108 @@ def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
     return result, aux
 
 
+
+def _rep_balanced_step(trunk_fn, heads_fn, shared_values, head_values, balancer,
+                       loss_scale, jacobian):
+    """The engine over the shared representation (`mode="rep"`), on values.
+
+    `trunk_fn(shared) -> (representations (list), trunk_aux)`;
+    `heads_fn(representations, heads) -> (task_losses (K,), aux)`. J is
+    taken over the representations (K VJPs of the heads only), the
+    balanced update is pulled back through the trunk in one VJP, and the
+    heads get the gradient of `Σ w_k L_k`. Returns `(BalancedGradients,
+    trunk_aux, aux)`.
+    """
+    representations, trunk_vjp, trunk_aux = jax.vjp(
+        trunk_fn, list(shared_values), has_aux=True)
+
+    def losses_and_zero(reps, heads):
+        task_losses, aux = heads_fn(reps, heads)
+        return (task_losses, jnp.zeros((), "float32")), aux
+
+    (task_losses, _), heads_vjp, aux = jax.vjp(
+        losses_and_zero, list(representations), list(head_values), has_aux=True)
+    scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
+    task_losses = ops.cast(task_losses, "float32")
+    jacobian_matrix = task_jacobian(heads_vjp, task_losses.shape[0], scale, jacobian)
+    grads_finite = (True if loss_scale is not None
+                    else ops.all(ops.isfinite(jacobian_matrix), axis=1))
+    finite_tasks = core.finite_task_flags(task_losses, grads_finite)
+    usable = ops.logical_and(ops.all(finite_tasks),
+                             ops.all(ops.isfinite(jacobian_matrix)))
+    update, weights, gramian = core.guarded_balance(
+        balancer, ops.stop_gradient(task_losses), jacobian_matrix, usable, scale)
+    # J's columns run over the representations, flattened in turn.
+    (shared_grads,) = trunk_vjp(core.unflatten(update, representations))
+    _, head_grads = heads_vjp((weights * scale, jnp.zeros((), "float32")))
+    result = BalancedGradients(
+        grads=list(shared_grads) + list(head_grads), weights=weights,
+        gramian=gramian, finite_tasks=finite_tasks, balanced=usable)
+    return result, trunk_aux, aux
+
+
 def balanced_gradients(
     loss_fn,
     shared_values: list,
     head_values: list,
     balancer: GradientBalancer,
     *,
+    representation=None,
     loss_scale=None,
     jacobian: str = "loop",
 ) -> BalancedGradients:
     """Balanced gradients of several task losses, on JAX (functional).
 
     The JAX counterpart of `mtl_keras.engine.tensorflow.balanced_gradients`:
-    instead of a tape it takes a function of the shared and head values.
-    The balancer's state is read from and assigned to its variables, so
-    inside a jitted function wrap the call in a `keras.StatelessScope`
-    mapping `balancer.non_trainable_variables` to their values.
+    instead of a tape it takes functions of the values. The balancer's
+    state is read from and assigned to its variables, so inside a jitted
+    function wrap the call in a `keras.StatelessScope` mapping
+    `balancer.non_trainable_variables` to their values.
+
+    For a `mode="rep"` balancer (e.g. `"mgda_ub"`), split the forward pass
+    at the shared representation: `representation(shared_values)` runs the
+    trunk and returns the representation (an array or a list of arrays),
+    and `loss_fn(representation, head_values)` runs the heads. J is then
+    taken over the representation and the balanced update pulled back
+    through the trunk with one VJP (the JAX form of TensorFlow's
+    `representation=` tensor on the tape).
 
     Args:
-        loss_fn: `loss_fn(shared_values, head_values) -> task_losses (K,)`.
+        loss_fn: `loss_fn(shared_values, head_values) -> task_losses (K,)`,
+            or `loss_fn(representation, head_values)` with `representation`.
         shared_values: The shared parameters (arrays).
         head_values: The other parameters.
-        balancer: A gradient balancer (or its name), `mode="params"`.
+        balancer: A gradient balancer (or its name).
+        representation: For `mode="rep"` balancers (required there):
+            `representation(shared_values) -> array or list of arrays`.
         loss_scale: An optional loss scale multiplying every gradient.
         jacobian: `"loop"` (K VJPs) or `"pfor"` (`jax.vmap` over the VJP).
 
     Returns:
         `BalancedGradients`, `grads` in `shared_values + head_values` order.
+
+    Example (run with `KERAS_BACKEND=jax`):
+
+    ```text
+    import jax.numpy as jnp
+    import mtl_keras
+
+    def trunk(shared):                       # shared = [w]
+        return jnp.tanh(x @ shared[0])
+    def task_losses(features, heads):        # heads = [a, b]
+        return jnp.stack([jnp.mean((features @ heads[0] - y_a) ** 2),
+                          jnp.mean((features @ heads[1] - y_b) ** 2)])
+    result = mtl_keras.engine.balanced_gradients(
+        task_losses, [w], [a, b], "mgda_ub", representation=trunk)
+    w, a, b = (v - 0.1 * g for v, g in zip([w, a, b], result.grads))
+    ```
     """
     balancer = balancers_lib.get(balancer)
-    _check_balancer(balancer, jacobian)
+    _check_balancer(balancer, jacobian, has_representation=representation is not None)
+    if representation is not None:
+        return _balanced_over_representation(
+            loss_fn, representation, shared_values, head_values, balancer,
+            loss_scale, jacobian)
     balancer.build_for_jacobian(sum(int(v.size) for v in shared_values))
 
     def losses_and_zero(shared, heads):
@@ -140,17 +212,34 @@ def balanced_gradients(
                           loss_scale, jacobian)[0]
 
 
-def _check_balancer(balancer, jacobian: str) -> None:
+def _balanced_over_representation(loss_fn, representation, shared_values,
+                                  head_values, balancer, loss_scale, jacobian):
+    single = []  # whether `representation` returns one array (set on trace)
+
+    def trunk_fn(shared):
+        features = representation(shared)
+        single.append(not isinstance(features, (list, tuple)))
+        return ([features] if single[0] else list(features)), None
+
+    def heads_fn(features, heads):
+        return loss_fn(features[0] if single[0] else features, heads), None
+
+    return _rep_balanced_step(trunk_fn, heads_fn, shared_values, head_values,
+                              balancer, loss_scale, jacobian)[0]
+
+
+def _check_balancer(balancer, jacobian: str, has_representation: bool = False) -> None:
     if not isinstance(balancer, GradientBalancer):
         raise ValueError(
             f"balanced_gradients needs a gradient balancer, got {balancer!r}.")
     if jacobian not in JACOBIAN_METHODS:
         raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
-    if balancer.mode == "rep":
-        raise NotImplementedError(
-            f"{type(balancer).__name__}(mode='rep') is not available on the "
-            "JAX backend yet: use mode='params' (e.g. 'mgda' for 'mgda_ub'), "
-            "or KERAS_BACKEND=tensorflow.")
+    if balancer.mode == "rep" and not has_representation:
+        raise ValueError(
+            f"{type(balancer).__name__}(mode='rep') differentiates with respect "
+            "to the shared representation: pass `representation=` (a function "
+            "`representation(shared_values) -> array(s)`, with "
+            "`loss_fn(representation, head_values)`).")
 
 
 class _Forward(NamedTuple):
@@ -263,6 +352,9 @@ class JaxTrainer:
     def gradient_step(self, trainable, non_trainable, x, y, sample_weight,
                       loss_scale):
         model = self.model
+        if model.balancer.mode == "rep":
+            return self.rep_gradient_step(trainable, non_trainable, x, y,
+                                          sample_weight, loss_scale)
         _check_balancer(model.balancer, model._jacobian_method)
         shared_ids = {id(v) for v in model.shared_variables}
         is_shared = [id(v) in shared_ids for v in model.trainable_variables]
@@ -302,6 +394,116 @@ class JaxTrainer:
             finite_tasks=result.finite_tasks,
             gramian=result.gramian, balanced=result.balanced)
         return _Step(step, forward.weighted), grads, non_trainable
+
+    def rep_gradient_step(self, trainable, non_trainable, x, y, sample_weight,
+                          loss_scale):
+        """`mode="rep"` (MGDA-UB): J over the shared representation.
+
+        The forward is split at `shared=` into a trunk (inputs → the shared
+        tensor(s)) and heads (inputs and shared tensor(s) → outputs), both
+        functional views over the model's own layers: K VJPs through the
+        heads give J, one VJP through the trunk pulls back the balanced
+        update. Regularization gets its own gradient.
+        """
+        model = self.model
+        _check_balancer(model.balancer, model._jacobian_method,
+                        has_representation=True)
+        trunk_model, heads_model = self._split_models()
+        shared_ids = {id(v) for v in model.shared_variables}
+        is_shared = [id(v) in shared_ids for v in model.trainable_variables]
+        shared = [t for t, s in zip(trainable, is_shared) if s]
+        heads = [t for t, s in zip(trainable, is_shared) if not s]
+        after_trunk = []  # the non-trainable values after the trunk's pass
+
+        def scope_for(shared_values, head_values, non_trainable_values):
+            shared_iter, head_iter = iter(shared_values), iter(head_values)
+            values = [next(shared_iter) if s else next(head_iter) for s in is_shared]
+            mapping = (list(zip(model.trainable_variables, values))
+                       + list(zip(model.non_trainable_variables,
+                                  non_trainable_values)))
+            return keras.StatelessScope(state_mapping=mapping)
+
+        def trunk_fn(shared_values):
+            with scope_for(shared_values, heads, non_trainable) as scope:
+                features = keras.tree.flatten(trunk_model(x, training=True))
+            after_trunk.append(_current_values(
+                scope, model.non_trainable_variables, non_trainable))
+            return features, None
+
+        def heads_fn(features, head_values):
+            with scope_for(shared, head_values, after_trunk[0]) as scope:
+                y_pred = heads_model([x, features], training=True)
+                task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+                weighted = model.task_weights(task_losses)
+            forward_values = _current_values(
+                scope, model.non_trainable_variables, after_trunk[0])
+            return weighted, (y_pred, task_losses, weighted, forward_values)
+
+        mapping = list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            result, _, aux = _rep_balanced_step(
+                trunk_fn, heads_fn, shared, heads, model.balancer, loss_scale,
+                model._jacobian_method)
+            balancer_values = _current_values(
+                scope, model.non_trainable_variables, non_trainable)
+        y_pred, task_losses, weighted, forward_values = aux
+        balancer_ids = {id(v) for v in model.balancer.non_trainable_variables}
+        non_trainable = [
+            b if id(v) in balancer_ids else f
+            for v, f, b in zip(model.non_trainable_variables, forward_values,
+                               balancer_values)]
+        shared_grads = iter(result.grads[:len(shared)])
+        head_grads = iter(result.grads[len(shared):])
+        grads = [next(shared_grads) if s else next(head_grads) for s in is_shared]
+        regularization, regularization_grads = self.regularization_gradients(
+            trainable, non_trainable, x, loss_scale)
+        if regularization_grads is not None:
+            grads = [g + r for g, r in zip(grads, regularization_grads)]
+        step = core.TrainStep(
+            y_pred=y_pred, task_losses=task_losses, balance=result.weights,
+            loss=ops.sum(weighted) + regularization,
+            balanced_loss=ops.sum(result.weights * weighted) + regularization,
+            finite_tasks=result.finite_tasks,
+            gramian=result.gramian, balanced=result.balanced)
+        return _Step(step, weighted), grads, non_trainable
+
+    def regularization_gradients(self, trainable, non_trainable, x, loss_scale):
+        """`(regularization, its (loss-scaled) gradients or None)`.
+
+        The model's `losses` (weight and activity regularizers) as a
+        function of the trainable values; without regularizers the
+        gradients are `None`.
+        """
+        model = self.model
+        has_losses = []  # known once traced
+
+        def regularization_fn(values):
+            mapping = (list(zip(model.trainable_variables, values))
+                       + list(zip(model.non_trainable_variables, non_trainable)))
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+                model(x, training=True)
+                has_losses.append(bool(model.losses))
+                return model._regularization_loss()
+
+        regularization, vjp_fn = jax.vjp(regularization_fn, list(trainable))
+        if not has_losses[0]:
+            return regularization, None
+        scale = 1.0 if loss_scale is None else loss_scale
+        (grads,) = vjp_fn(jnp.asarray(scale, regularization.dtype))
+        return regularization, grads
+
+    def _split_models(self):
+        """`(trunk, heads)`: functional views of the model cut at `shared=`."""
+        if getattr(self, "_split", None) is None:
+            model = self.model
+            model._representation_model()  # a clear error without `shared=`
+            shared = keras.tree.flatten(model._shared_tensor)
+            task_outputs = {t: model.outputs[i]
+                            for i, t in enumerate(model.task_names)}
+            trunk = keras.Model(model.input, shared)
+            heads = keras.Model([model.input, shared], task_outputs)
+            self._split = (trunk, heads)
+        return self._split
 
     def post_step_update(self, trainable, non_trainable, x, y, sample_weight,
                          losses_before, finite):

@@ -181,20 +181,32 @@ def balanced_gradients(
     Returns:
         `BalancedGradients`, `grads` in `shared_values + head_values` order.
 
-    Example (run with `KERAS_BACKEND=jax`):
+    Example (with `KERAS_BACKEND=jax`; MGDA-UB in a plain JAX loop):
 
-    ```text
+    ```python
     import jax.numpy as jnp
+    import numpy as np
     import mtl_keras
 
-    def trunk(shared):                       # shared = [w]
-        return jnp.tanh(x @ shared[0])
-    def task_losses(features, heads):        # heads = [a, b]
-        return jnp.stack([jnp.mean((features @ heads[0] - y_a) ** 2),
-                          jnp.mean((features @ heads[1] - y_b) ** 2)])
-    result = mtl_keras.engine.balanced_gradients(
-        task_losses, [w], [a, b], "mgda_ub", representation=trunk)
-    w, a, b = (v - 0.1 * g for v, g in zip([w, a, b], result.grads))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 4)), "float32")
+    targets = [x[:, :1], -x[:, 1:2]]
+    shared = [jnp.asarray(rng.normal(size=(4, 8)) * 0.5, "float32")]
+    heads = [jnp.zeros((8, 1)), jnp.zeros((8, 1))]
+    balancer = mtl_keras.balancers.get("mgda_ub")
+
+    def trunk(shared_values):
+        return jnp.tanh(x @ shared_values[0])
+
+    def task_losses(features, head_values):
+        return jnp.stack([jnp.mean((features @ h - t) ** 2)
+                          for h, t in zip(head_values, targets)])
+
+    for step in range(20):
+        result = mtl_keras.engine.balanced_gradients(
+            task_losses, shared, heads, balancer, representation=trunk)
+        new_values = [v - 0.1 * g for v, g in zip(shared + heads, result.grads)]
+        shared, heads = new_values[:1], new_values[1:]
     ```
     """
     balancer = balancers_lib.get(balancer)

@@ -105,17 +105,22 @@ def check_jacobian_methods_agree():
     return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
 
 
-def check_nonfinite_step_is_skipped():
+def check_nonfinite_step_is_skipped(balancer="pcgrad"):
     x, y = data(16)
     x[0, 0] = np.nan
     model = build()
-    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer="pcgrad")
+    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer=balancer)
     before = [np.array(v) for v in model.trainable_variables]
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
     unchanged = all(np.array_equal(a, np.asarray(b))
                     for a, b in zip(before, model.trainable_variables))
     return [history["skipped_steps"][-1], unchanged,
             np.asarray(model.nonfinite_tasks).tolist()]
+
+
+def check_nonfinite_rep_step_is_skipped():
+    """The same in `mode="rep"`: the NaN reaches J over the representation."""
+    return check_nonfinite_step_is_skipped("mgda_ub")
 
 
 def check_evaluation_and_masked_metrics():
@@ -180,7 +185,11 @@ def train_mgda_ub(initial_weights):
     x, y = data()
     model = build()
     model.set_weights(initial_weights)
-    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer="mgda_ub")
+    # The "b" head outputs logits: with `from_logits=True` the loss is the
+    # same function on both backends (as probabilities it is not).
+    losses = {"a": "mse",
+              "b": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    model.compile(keras.optimizers.SGD(0.1), loss=losses, balancer="mgda_ub")
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False,
                         verbose=0).history
     return ([np.asarray(w).tolist() for w in model.get_weights()],
@@ -330,7 +339,7 @@ def data_parallel_gap():
     import jax
 
     gaps = {"devices": len(jax.devices())}
-    for name in ("upgrad", "pcgrad", "uw"):
+    for name in ("upgrad", "pcgrad", "uw", "mgda_ub"):
         weights = []
         for distribution in (None, keras.distribution.DataParallel(
                 devices=jax.devices())):

@@ -180,8 +180,8 @@ def check_rep_mode_equals_params_mode():
 
 
 def train_mgda_ub(initial_weights):
-    """MGDA-UB (SGD, 2 epochs of 2 batches) from given weights: the weights
-    after, and the task weights of the last epoch (same on TF and JAX)."""
+    """MGDA-UB (SGD, 2 epochs of 2 batches) from given weights: the
+    trainable weights after, and the last epoch's task weights."""
     x, y = data()
     model = build()
     model.set_weights(initial_weights)
@@ -192,7 +192,7 @@ def train_mgda_ub(initial_weights):
     model.compile(keras.optimizers.SGD(0.1), loss=losses, balancer="mgda_ub")
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False,
                         verbose=0).history
-    return ([np.asarray(w).tolist() for w in model.get_weights()],
+    return ([np.asarray(v).tolist() for v in model.trainable_variables],
             [history["a_weight"][-1], history["b_weight"][-1]])
 
 

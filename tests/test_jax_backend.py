@@ -157,7 +157,9 @@ def test_mgda_ub_trains_on_jax_like_on_tensorflow(jax_results):
     # same on both backends ...
     assert 0.01 < tf_task_weights[0] < 0.99 and abs(tf_task_weights[0] - 0.5) > 0.1
     np.testing.assert_allclose(jax_task_weights, tf_task_weights, atol=1e-5)
-    # ... and the four steps moved every variable the same way.
+    # ... and the four steps moved every trainable variable (the first
+    # weights of `get_weights`) the same way.
+    assert len(tf_weights) == 6
     for got, want, start in zip(jax_weights, tf_weights,
                                 jax_results["initial_weights"]):
         want = np.asarray(want)

@@ -101,7 +101,6 @@ def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
     return result, aux
 
 
-
 def _rep_balanced_step(trunk_fn, heads_fn, shared_values, head_values, balancer,
                        loss_scale, jacobian):
     """The engine over the shared representation (`mode="rep"`), on values.
@@ -459,6 +458,8 @@ class JaxTrainer:
             balancer_values = _current_values(
                 scope, model.non_trainable_variables, non_trainable)
         y_pred, task_losses, weighted, forward_values = aux
+        regularization, regularization_grads = self.regularization_gradients(
+            trainable, non_trainable, x, loss_scale)
         balancer_ids = {id(v) for v in model.balancer.non_trainable_variables}
         non_trainable = [
             b if id(v) in balancer_ids else f
@@ -467,8 +468,6 @@ class JaxTrainer:
         shared_grads = iter(result.grads[:len(shared)])
         head_grads = iter(result.grads[len(shared):])
         grads = [next(shared_grads) if s else next(head_grads) for s in is_shared]
-        regularization, regularization_grads = self.regularization_gradients(
-            trainable, non_trainable, x, loss_scale)
         if regularization_grads is not None:
             grads = [g + r for g, r in zip(grads, regularization_grads)]
         step = core.TrainStep(

@@ -179,6 +179,32 @@ def check_rep_mode_equals_params_mode():
     return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
 
 
+def check_rep_mode_two_representations():
+    """Rep == params mode with named inputs, two shared tensors and a head
+    that also reads an input (the heads model takes inputs and both)."""
+    x, y = data()
+    inputs = {"u": x, "v": x[:, :2] * 0.5}
+    weights = []
+    for mode in ("params", "rep"):
+        keras.utils.set_random_seed(0)
+        u, v = keras.Input((6,), name="u"), keras.Input((2,), name="v")
+        first = keras.layers.Dense(8, activation="tanh")(u)
+        second = keras.layers.Dense(4, activation="tanh")(
+            keras.layers.Concatenate()([u, v]))
+        outputs = {
+            "a": keras.layers.Dense(1, name="a")(
+                keras.layers.Concatenate()([first, second])),
+            "b": keras.layers.Dense(3, name="b")(
+                keras.layers.Concatenate()([second, v]))}
+        model = mtl_keras.MultiTaskModel({"u": u, "v": v}, outputs,
+                                         shared=[first, second])
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      balancer=FixedWeights(mode=mode))
+        model.fit(inputs, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+
+
 def train_mgda_ub(initial_weights):
     """MGDA-UB (SGD, 2 epochs of 2 batches) from given weights: the
     trainable weights after, and the last epoch's task weights."""

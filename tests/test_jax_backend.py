@@ -146,6 +146,8 @@ def test_rep_mode_with_fixed_weights_equals_params_mode_on_jax(jax_results):
     # J over the representation pulled back through the trunk (and the L2
     # regularizer's own gradient) == Σ w_k ∇θ L_k over the parameters.
     assert jax_results["results"]["check_rep_mode_equals_params_mode"] < 1e-5
+    # Named inputs, two shared tensors, a head that reads an input directly.
+    assert jax_results["results"]["check_rep_mode_two_representations"] < 1e-5
 
 
 def test_mgda_ub_trains_on_jax_like_on_tensorflow(jax_results):

@@ -17,6 +17,10 @@ outputs = serve(image=images)  # {"cls", "cls_class_id", "cls_probabilities",
 
 Or from the command line: `mtl-keras export model.keras export/1
 --postprocess cls=classify,seg=segment`.
+
+On the JAX backend the same call works: `keras.export.ExportArchive` converts
+the JAX functions with jax2tf (TensorFlow is installed with `mtl_keras`), and
+the SavedModel serves the same outputs.
 """
 
 from __future__ import annotations

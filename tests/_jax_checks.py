@@ -1,6 +1,7 @@
 """Backend-neutral checks run under `KERAS_BACKEND=jax` by test_jax_backend.py.
 
-Usage: `python tests/_jax_checks.py RESULT.json [TF_FILE.keras JAX_FILE.keras]`,
+Usage: `python tests/_jax_checks.py RESULT.json [TF_FILE.keras JAX_FILE.keras
+[INITIAL_WEIGHTS.npz]]`,
 or `python tests/_jax_checks.py RESULT.json --data-parallel` with
 `XLA_FLAGS=--xla_force_host_platform_device_count=2`.
 Writes one JSON object `{check: result}`; an exception in a check is
@@ -10,6 +11,8 @@ recorded as `"error: ..."` so the pytest side names the check that failed.
 import json
 import os
 import sys
+import tempfile
+import textwrap
 import traceback
 
 if __name__ == "__main__":  # imported by test_jax_backend.py: leave its env alone
@@ -123,17 +126,22 @@ def check_update_every():
     return train_update_every()
 
 
-def check_nonfinite_step_is_skipped():
+def check_nonfinite_step_is_skipped(balancer="pcgrad"):
     x, y = data(16)
     x[0, 0] = np.nan
     model = build()
-    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer="pcgrad")
+    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer=balancer)
     before = [np.array(v) for v in model.trainable_variables]
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
     unchanged = all(np.array_equal(a, np.asarray(b))
                     for a, b in zip(before, model.trainable_variables))
     return [history["skipped_steps"][-1], unchanged,
             np.asarray(model.nonfinite_tasks).tolist()]
+
+
+def check_nonfinite_rep_step_is_skipped():
+    """The same in `mode="rep"`: the NaN reaches J over the representation."""
+    return check_nonfinite_step_is_skipped("mgda_ub")
 
 
 def check_evaluation_and_masked_metrics():
@@ -177,13 +185,208 @@ def check_continue_tf_file(tf_file, jax_file):
             "weights_after": [np.asarray(w).tolist() for w in model.get_weights()]}
 
 
+
+def check_rep_mode_equals_params_mode():
+    """Fixed weights in `mode="rep"` (J over the representation, one VJP
+    through the trunk) == `mode="params"`: Σ w_k ∇θ L_k either way."""
+    x, y = data()
+    weights = []
+    for mode in ("params", "rep"):
+        model = build()  # with an L2 regularizer on the trunk
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      balancer=FixedWeights(mode=mode))
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+
+
+def check_rep_mode_two_representations():
+    """Rep == params mode with named inputs, two shared tensors and a head
+    that also reads an input (the heads model takes inputs and both)."""
+    x, y = data()
+    inputs = {"u": x, "v": x[:, :2] * 0.5}
+    weights = []
+    for mode in ("params", "rep"):
+        keras.utils.set_random_seed(0)
+        u, v = keras.Input((6,), name="u"), keras.Input((2,), name="v")
+        first = keras.layers.Dense(8, activation="tanh")(u)
+        second = keras.layers.Dense(4, activation="tanh")(
+            keras.layers.Concatenate()([u, v]))
+        outputs = {
+            "a": keras.layers.Dense(1, name="a")(
+                keras.layers.Concatenate()([first, second])),
+            "b": keras.layers.Dense(3, name="b")(
+                keras.layers.Concatenate()([second, v]))}
+        model = mtl_keras.MultiTaskModel({"u": u, "v": v}, outputs,
+                                         shared=[first, second])
+        model.compile(keras.optimizers.SGD(0.1), loss=LOSSES,
+                      balancer=FixedWeights(mode=mode))
+        model.fit(inputs, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+
+
+def train_mgda_ub(initial_weights):
+    """MGDA-UB (SGD, 2 epochs of 2 batches) from given weights: the
+    trainable weights after, and the last epoch's task weights."""
+    x, y = data()
+    model = build()
+    model.set_weights(initial_weights)
+    # The "b" head outputs logits: with `from_logits=True` the loss is the
+    # same function on both backends (as probabilities it is not).
+    losses = {"a": "mse",
+              "b": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    model.compile(keras.optimizers.SGD(0.1), loss=losses, balancer="mgda_ub")
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False,
+                        verbose=0).history
+    return ([np.asarray(v).tolist() for v in model.trainable_variables],
+            [history["a_weight"][-1], history["b_weight"][-1]])
+
+
+def check_rep_mode_matches_tf(initial_file):
+    """`train_mgda_ub` on JAX, from the weights the TF side saved."""
+    with np.load(initial_file) as saved:
+        initial = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    return train_mgda_ub(initial)
+
+
+def _custom_loop_example(steps):
+    """The example of `engine.jax.balanced_gradients`, run for `steps`."""
+    from mtl_keras.engine import jax as jax_engine
+
+    source = jax_engine.balanced_gradients.__doc__
+    code = source.split("```python")[1].split("```")[0]
+    code = code.replace("range(20)", f"range({steps})")
+    namespace = {}
+    exec(compile(textwrap.dedent(code), "balanced_gradients example", "exec"),
+         namespace)
+    return namespace
+
+
+def check_custom_loop_over_representation():
+    """`balanced_gradients(..., representation=fn)` on JAX: `[loss before,
+    loss after the docstring's 20 steps, max |Δ| to the update by hand,
+    the error without representation=]`."""
+    import jax
+
+    start = _custom_loop_example(0)
+    trunk, task_losses = start["trunk"], start["task_losses"]
+    shared, heads = start["shared"], start["heads"]
+    end = _custom_loop_example(20)
+    result = mtl_keras.engine.balanced_gradients(
+        task_losses, shared, heads, "mgda_ub", representation=trunk)
+    # By hand: J over the representation, MGDA's weights from its Gramian,
+    # the update wᵀJ pulled back through the trunk, Σ w_k ∇ L_k on the heads.
+    features = trunk(shared)
+    losses = task_losses(features, heads)
+    jacobian = jax.jacrev(lambda f: task_losses(f, heads))(features).reshape(2, -1)
+    weights = balancers.get("mgda").balance(losses, jacobian @ jacobian.T)
+    _, trunk_vjp = jax.vjp(trunk, shared)
+    (shared_grads,) = trunk_vjp((weights @ jacobian).reshape(features.shape))
+    head_grads = jax.grad(lambda h: weights @ task_losses(features, h))(heads)
+    gap = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(result.grads, list(shared_grads) + list(head_grads)))
+    gap = max(gap, float(np.max(np.abs(np.asarray(result.weights - weights)))))
+    try:
+        mtl_keras.engine.balanced_gradients(
+            lambda s, h: task_losses(trunk(s), h), shared, heads, "mgda_ub")
+        error = None
+    except ValueError as raised:
+        error = str(raised)
+    return [_summed_loss(start), _summed_loss(end), gap, error]
+
+
+def _summed_loss(namespace):
+    features = namespace["trunk"](namespace["shared"])
+    return float(np.sum(np.asarray(namespace["task_losses"](
+        features, namespace["heads"]))))
+
+
+def check_saved_model_export():
+    """`mtl_keras.export.saved_model` on JAX (Keras' ExportArchive through
+    jax2tf): `[serving keys, max |served - predict|, class ids agree]`."""
+    import tensorflow as tf
+
+    x, y = data()
+    model = build()
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, balancer="upgrad")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = mtl_keras.export.saved_model(
+        model, os.path.join(tempfile.mkdtemp(), "export"),
+        postprocess={"b": "classify"})
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    served = {k: v.numpy() for k, v in serve(x=tf.constant(x)).items()}
+    predicted = model.predict(x, verbose=0)
+    gap = max(float(np.max(np.abs(served[t] - np.asarray(predicted[t]))))
+              for t in ("a", "b"))
+    same_ids = bool(np.array_equal(served["b_class_id"],
+                                   np.argmax(np.asarray(predicted["b"]), axis=-1)))
+    return [sorted(served), gap, same_ids]
+
+
+def check_task_board():
+    """TaskBoard on JAX: `[train tags, layout categories, validation tags]`."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    x, y = data()
+    log_dir = tempfile.mkdtemp()
+    model = build()
+    model.compile(keras.optimizers.Adam(1e-2), loss=LOSSES, balancer="pcgrad")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y),
+              callbacks=[mtl_keras.callbacks.TaskBoard(log_dir)])
+    runs = {}
+    for run in ("train", "validation"):
+        events = EventAccumulator(os.path.join(log_dir, run),
+                                  size_guidance={"tensors": 0})
+        events.Reload()
+        runs[run] = events
+    layout = layout_pb2.Layout()
+    (config,) = runs["train"].Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout.ParseFromString(config.tensor_proto.string_val[0])
+    steps = [e.step for e in runs["train"].Tensors("epoch_a_loss")]
+    return [sorted(runs["train"].Tags()["tensors"]),
+            [c.title for c in layout.category],
+            sorted(runs["validation"].Tags()["tensors"]), steps]
+
+
+def check_tfds_builder_trains():
+    """A TFDS builder's dataset (tf.data) feeds `fit` on JAX: `[first loss,
+    last loss]` of a small model on the `Shapes` builder's examples."""
+    import tensorflow_datasets as tfds  # noqa: F401 - the builder needs it
+
+    from mtl_keras.datasets import shapes
+
+    config = shapes.ShapesConfig(name="tiny", image_size=16,
+                                 split_sizes={"train": 64, "test": 8}, seed=1)
+    builder = shapes.Shapes(data_dir=tempfile.mkdtemp(), config=config)
+    builder.download_and_prepare()
+    dataset = builder.as_dataset(split="train", as_supervised=True).map(
+        lambda image, labels: (image, {"cls": labels["cls"],
+                                       "count": labels["count"]})).batch(32)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Dense(16, activation="relu")(
+        keras.layers.Flatten()(inputs))
+    model = mtl_keras.MultiTaskModel(inputs, {
+        "cls": keras.layers.Dense(shapes.NUM_CLASSES, name="cls")(features),
+        "count": keras.layers.Dense(1, name="count")(features)}, shared=features)
+    model.compile(keras.optimizers.Adam(1e-2), balancer="mgda_ub", loss={
+        "cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "count": "mse"})
+    history = model.fit(dataset, epochs=5, verbose=0).history
+    return [history["loss"][0], history["loss"][-1]]
+
+
 def data_parallel_gap():
     """Max |Δ| between trainable weights trained on 2 devices
     (`keras.distribution.DataParallel`) and on one, per balancer."""
     import jax
 
     gaps = {"devices": len(jax.devices())}
-    for name in ("upgrad", "pcgrad", "uw"):
+    for name in ("upgrad", "pcgrad", "uw", "mgda_ub"):
         weights = []
         for distribution in (None, keras.distribution.DataParallel(
                 devices=jax.devices())):
@@ -207,8 +410,10 @@ def main():
     checks = {name: fn for name, fn in globals().items() if name.startswith("check_")}
     results = {}
     for name, function in checks.items():
-        args = sys.argv[2:4] if name == "check_continue_tf_file" else []
-        if name == "check_continue_tf_file" and len(args) < 2:
+        wanted = {"check_continue_tf_file": sys.argv[2:4],
+                  "check_rep_mode_matches_tf": sys.argv[4:5]}
+        args = wanted.get(name, [])
+        if name in wanted and not args:
             continue
         try:
             results[name] = function(*args)

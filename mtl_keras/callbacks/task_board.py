@@ -45,6 +45,10 @@ class TaskBoard(keras.callbacks.TensorBoard):
     when an epoch's last step is not a multiple of N (in Keras 3.15 they are
     silently dropped then, see tensorflow/tensorboard#4975).
 
+    On the JAX backend `TaskBoard` works the same: Keras' `TensorBoard` and
+    the layout both write with `tf.summary` (TensorFlow is installed with
+    `mtl_keras`).
+
     Args:
         log_dir: The folder TensorBoard reads (`tensorboard --logdir`).
         **kwargs: Any other `keras.callbacks.TensorBoard` argument

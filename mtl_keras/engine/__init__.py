@@ -49,8 +49,11 @@ def get_trainer(model):
 def balanced_gradients(*args, **kwargs) -> BalancedGradients:
     """Balanced task gradients for a custom loop, on the current backend.
 
-    See `mtl_keras.engine.tensorflow.balanced_gradients` for the arguments
-    and a runnable example.
+    See `mtl_keras.engine.tensorflow.balanced_gradients` (a tape, the task
+    losses, the variables; `representation=` a tensor on the tape) and
+    `mtl_keras.engine.jax.balanced_gradients` (functions of the values;
+    `representation=` the trunk as a function) for the arguments and
+    runnable examples.
     """
     return backend_module().balanced_gradients(*args, **kwargs)
 

@@ -58,20 +58,18 @@ def jacobian_blocks(vjp_fn, num_tasks: int, loss_scale=1.0,
     return [jnp.reshape(b.astype("float32"), (num_tasks, -1)) for b in stacked]
 
 
-def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
-                   jacobian, has_regularization=False):
-    """The engine on values. `loss_fn(shared, heads)` returns
-    `((task_losses (K,), regularization ()), aux)`."""
-    (task_losses, regularization), vjp_fn, aux = jax.vjp(
-        loss_fn, list(shared_values), list(head_values), has_aux=True)
-    del regularization
+def _shared_step(vjp_fn, task_losses, balancer, loss_scale,
+                 jacobian) -> core.SharedStep:
+    """J from the VJP, the balancer and the shared update, with the weights
+    refreshed every `update_every` steps (see `core.amortised_balance`).
+    `vjp_fn` maps cotangents `((K,), ())` to `(shared, heads)` ones."""
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     task_losses = ops.cast(task_losses, "float32")
     balancer._ensure_built(task_losses)
-    num_tasks = task_losses.shape[0]
+    zero = jnp.zeros((), "float32")
 
     def refresh(state):
-        blocks = jacobian_blocks(vjp_fn, num_tasks, scale, jacobian)
+        blocks = jacobian_blocks(vjp_fn, task_losses.shape[0], scale, jacobian)
         rows_finite = core.rows_finite(blocks)
         grads_finite = True if loss_scale is not None else rows_finite
         finite_tasks = core.finite_task_flags(task_losses, grads_finite)
@@ -82,18 +80,29 @@ def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
                                usable), new_state
 
     def reuse(weights):
-        grads = vjp_fn((weights * scale, jnp.zeros((), "float32")))[0]
+        grads = vjp_fn((weights * scale, zero))[0]
         update = [jnp.reshape(g.astype("float32"), (-1,)) for g in grads]
         grads_finite = True if loss_scale is not None else ops.all(ops.stack(
             [ops.all(ops.isfinite(u)) for u in update]))
         return update, core.finite_task_flags(task_losses, grads_finite)
 
-    step = core.amortised_balance(balancer, refresh, reuse)
+    return core.amortised_balance(balancer, refresh, reuse)
+
+
+def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
+                   jacobian, has_regularization=False):
+    """The engine on values. `loss_fn(shared, heads)` returns
+    `((task_losses (K,), regularization ()), aux)`."""
+    (task_losses, regularization), vjp_fn, aux = jax.vjp(
+        loss_fn, list(shared_values), list(head_values), has_aux=True)
+    del regularization
+    step = _shared_step(vjp_fn, task_losses, balancer, loss_scale, jacobian)
     weights = step.weights
     shared_grads = [jnp.reshape(u, v.shape).astype(v.dtype)
                     for u, v in zip(step.update, shared_values)]
     # Heads: one more pull-back, weights held constant (its shared part is
     # unused and XLA drops it).
+    scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     head_grads = vjp_fn((weights * scale, jnp.zeros((), "float32")))[1]
     if callable(has_regularization):
         has_regularization = has_regularization()
@@ -109,36 +118,113 @@ def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
     return result, aux
 
 
+def _rep_balanced_step(trunk_fn, heads_fn, shared_values, head_values, balancer,
+                       loss_scale, jacobian):
+    """The engine over the shared representation (`mode="rep"`), on values.
+
+    `trunk_fn(shared) -> (representations (list), trunk_aux)`;
+    `heads_fn(representations, heads) -> (task_losses (K,), aux)`. J is
+    taken over the representations (K VJPs of the heads only), the
+    balanced update is pulled back through the trunk in one VJP, and the
+    heads get the gradient of `Σ w_k L_k`. Returns `(BalancedGradients,
+    trunk_aux, aux)`.
+    """
+    representations, trunk_vjp, trunk_aux = jax.vjp(
+        trunk_fn, list(shared_values), has_aux=True)
+
+    def losses_and_zero(reps, heads):
+        task_losses, aux = heads_fn(reps, heads)
+        return (task_losses, jnp.zeros((), "float32")), aux
+
+    (task_losses, _), heads_vjp, aux = jax.vjp(
+        losses_and_zero, list(representations), list(head_values), has_aux=True)
+    step = _shared_step(heads_vjp, task_losses, balancer, loss_scale, jacobian)
+    scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
+    # One update block per representation, pulled back through the trunk.
+    (shared_grads,) = trunk_vjp([jnp.reshape(u, r.shape).astype(r.dtype)
+                                 for u, r in zip(step.update, representations)])
+    _, head_grads = heads_vjp((step.weights * scale, jnp.zeros((), "float32")))
+    result = BalancedGradients(
+        grads=list(shared_grads) + list(head_grads), weights=step.weights,
+        gramian=step.gramian, finite_tasks=step.finite_tasks,
+        balanced=step.balanced)
+    return result, trunk_aux, aux
+
+
 def balanced_gradients(
     loss_fn,
     shared_values: list,
     head_values: list,
     balancer: GradientBalancer,
     *,
+    representation=None,
     loss_scale=None,
     jacobian: str = "loop",
 ) -> BalancedGradients:
     """Balanced gradients of several task losses, on JAX (functional).
 
     The JAX counterpart of `mtl_keras.engine.tensorflow.balanced_gradients`:
-    instead of a tape it takes a function of the shared and head values.
-    The balancer's state is read from and assigned to its variables, so
-    inside a jitted function wrap the call in a `keras.StatelessScope`
-    mapping `balancer.non_trainable_variables` to their values.
+    instead of a tape it takes functions of the values. The balancer's
+    state is read from and assigned to its variables, so inside a jitted
+    function wrap the call in a `keras.StatelessScope` mapping
+    `balancer.non_trainable_variables` to their values.
+
+    For a `mode="rep"` balancer (e.g. `"mgda_ub"`), split the forward pass
+    at the shared representation: `representation(shared_values)` runs the
+    trunk and returns the representation (an array or a list of arrays),
+    and `loss_fn(representation, head_values)` runs the heads. J is then
+    taken over the representation and the balanced update pulled back
+    through the trunk with one VJP (the JAX form of TensorFlow's
+    `representation=` tensor on the tape).
 
     Args:
-        loss_fn: `loss_fn(shared_values, head_values) -> task_losses (K,)`.
+        loss_fn: `loss_fn(shared_values, head_values) -> task_losses (K,)`,
+            or `loss_fn(representation, head_values)` with `representation`.
         shared_values: The shared parameters (arrays).
         head_values: The other parameters.
-        balancer: A gradient balancer (or its name), `mode="params"`.
+        balancer: A gradient balancer (or its name).
+        representation: For `mode="rep"` balancers (required there):
+            `representation(shared_values) -> array or list of arrays`.
         loss_scale: An optional loss scale multiplying every gradient.
         jacobian: `"loop"` (K VJPs) or `"pfor"` (`jax.vmap` over the VJP).
 
     Returns:
         `BalancedGradients`, `grads` in `shared_values + head_values` order.
+
+    Example (with `KERAS_BACKEND=jax`; MGDA-UB in a plain JAX loop):
+
+    ```python
+    import jax.numpy as jnp
+    import numpy as np
+    import mtl_keras
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 4)), "float32")
+    targets = [x[:, :1], -x[:, 1:2]]
+    shared = [jnp.asarray(rng.normal(size=(4, 8)) * 0.5, "float32")]
+    heads = [jnp.zeros((8, 1)), jnp.zeros((8, 1))]
+    balancer = mtl_keras.balancers.get("mgda_ub")
+
+    def trunk(shared_values):
+        return jnp.tanh(x @ shared_values[0])
+
+    def task_losses(features, head_values):
+        return jnp.stack([jnp.mean((features @ h - t) ** 2)
+                          for h, t in zip(head_values, targets)])
+
+    for step in range(20):
+        result = mtl_keras.engine.balanced_gradients(
+            task_losses, shared, heads, balancer, representation=trunk)
+        new_values = [v - 0.1 * g for v, g in zip(shared + heads, result.grads)]
+        shared, heads = new_values[:1], new_values[1:]
+    ```
     """
     balancer = balancers_lib.get(balancer)
-    _check_balancer(balancer, jacobian)
+    _check_balancer(balancer, jacobian, has_representation=representation is not None)
+    if representation is not None:
+        return _balanced_over_representation(
+            loss_fn, representation, shared_values, head_values, balancer,
+            loss_scale, jacobian)
     balancer.build_for_jacobian(sum(int(v.size) for v in shared_values))
 
     def losses_and_zero(shared, heads):
@@ -148,17 +234,34 @@ def balanced_gradients(
                           loss_scale, jacobian)[0]
 
 
-def _check_balancer(balancer, jacobian: str) -> None:
+def _balanced_over_representation(loss_fn, representation, shared_values,
+                                  head_values, balancer, loss_scale, jacobian):
+    single = []  # whether `representation` returns one array (set on trace)
+
+    def trunk_fn(shared):
+        features = representation(shared)
+        single.append(not isinstance(features, (list, tuple)))
+        return ([features] if single[0] else list(features)), None
+
+    def heads_fn(features, heads):
+        return loss_fn(features[0] if single[0] else features, heads), None
+
+    return _rep_balanced_step(trunk_fn, heads_fn, shared_values, head_values,
+                              balancer, loss_scale, jacobian)[0]
+
+
+def _check_balancer(balancer, jacobian: str, has_representation: bool = False) -> None:
     if not isinstance(balancer, GradientBalancer):
         raise ValueError(
             f"balanced_gradients needs a gradient balancer, got {balancer!r}.")
     if jacobian not in JACOBIAN_METHODS:
         raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
-    if balancer.mode == "rep":
-        raise NotImplementedError(
-            f"{type(balancer).__name__}(mode='rep') is not available on the "
-            "JAX backend yet: use mode='params' (e.g. 'mgda' for 'mgda_ub'), "
-            "or KERAS_BACKEND=tensorflow.")
+    if balancer.mode == "rep" and not has_representation:
+        raise ValueError(
+            f"{type(balancer).__name__}(mode='rep') differentiates with respect "
+            "to the shared representation: pass `representation=` (a function "
+            "`representation(shared_values) -> array(s)`, with "
+            "`loss_fn(representation, head_values)`).")
 
 
 class _Forward(NamedTuple):
@@ -271,6 +374,9 @@ class JaxTrainer:
     def gradient_step(self, trainable, non_trainable, x, y, sample_weight,
                       loss_scale):
         model = self.model
+        if model.balancer.mode == "rep":
+            return self.rep_gradient_step(trainable, non_trainable, x, y,
+                                          sample_weight, loss_scale)
         _check_balancer(model.balancer, model._jacobian_method)
         shared_ids = {id(v) for v in model.shared_variables}
         is_shared = [id(v) in shared_ids for v in model.trainable_variables]
@@ -310,6 +416,116 @@ class JaxTrainer:
             finite_tasks=result.finite_tasks,
             gramian=result.gramian, balanced=result.balanced)
         return _Step(step, forward.weighted), grads, non_trainable
+
+    def rep_gradient_step(self, trainable, non_trainable, x, y, sample_weight,
+                          loss_scale):
+        """`mode="rep"` (MGDA-UB): J over the shared representation.
+
+        The forward is split at `shared=` into a trunk (inputs → the shared
+        tensor(s)) and heads (inputs and shared tensor(s) → outputs), both
+        functional views over the model's own layers: K VJPs through the
+        heads give J, one VJP through the trunk pulls back the balanced
+        update. Regularization gets its own gradient.
+        """
+        model = self.model
+        _check_balancer(model.balancer, model._jacobian_method,
+                        has_representation=True)
+        trunk_model, heads_model = self._split_models()
+        shared_ids = {id(v) for v in model.shared_variables}
+        is_shared = [id(v) in shared_ids for v in model.trainable_variables]
+        shared = [t for t, s in zip(trainable, is_shared) if s]
+        heads = [t for t, s in zip(trainable, is_shared) if not s]
+        after_trunk = []  # the non-trainable values after the trunk's pass
+
+        def scope_for(shared_values, head_values, non_trainable_values):
+            shared_iter, head_iter = iter(shared_values), iter(head_values)
+            values = [next(shared_iter) if s else next(head_iter) for s in is_shared]
+            mapping = (list(zip(model.trainable_variables, values))
+                       + list(zip(model.non_trainable_variables,
+                                  non_trainable_values)))
+            return keras.StatelessScope(state_mapping=mapping)
+
+        def trunk_fn(shared_values):
+            with scope_for(shared_values, heads, non_trainable) as scope:
+                features = keras.tree.flatten(trunk_model(x, training=True))
+            after_trunk.append(_current_values(
+                scope, model.non_trainable_variables, non_trainable))
+            return features, None
+
+        def heads_fn(features, head_values):
+            with scope_for(shared, head_values, after_trunk[0]) as scope:
+                y_pred = heads_model([x, features], training=True)
+                task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+                weighted = model.task_weights(task_losses)
+            forward_values = _current_values(
+                scope, model.non_trainable_variables, after_trunk[0])
+            return weighted, (y_pred, task_losses, weighted, forward_values)
+
+        mapping = list(zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            result, _, aux = _rep_balanced_step(
+                trunk_fn, heads_fn, shared, heads, model.balancer, loss_scale,
+                model._jacobian_method)
+            balancer_values = _current_values(
+                scope, model.non_trainable_variables, non_trainable)
+        y_pred, task_losses, weighted, forward_values = aux
+        regularization, regularization_grads = self.regularization_gradients(
+            trainable, non_trainable, x, loss_scale)
+        balancer_ids = {id(v) for v in model.balancer.non_trainable_variables}
+        non_trainable = [
+            b if id(v) in balancer_ids else f
+            for v, f, b in zip(model.non_trainable_variables, forward_values,
+                               balancer_values)]
+        shared_grads = iter(result.grads[:len(shared)])
+        head_grads = iter(result.grads[len(shared):])
+        grads = [next(shared_grads) if s else next(head_grads) for s in is_shared]
+        if regularization_grads is not None:
+            grads = [g + r for g, r in zip(grads, regularization_grads)]
+        step = core.TrainStep(
+            y_pred=y_pred, task_losses=task_losses, balance=result.weights,
+            loss=ops.sum(weighted) + regularization,
+            balanced_loss=ops.sum(result.weights * weighted) + regularization,
+            finite_tasks=result.finite_tasks,
+            gramian=result.gramian, balanced=result.balanced)
+        return _Step(step, weighted), grads, non_trainable
+
+    def regularization_gradients(self, trainable, non_trainable, x, loss_scale):
+        """`(regularization, its (loss-scaled) gradients or None)`.
+
+        The model's `losses` (weight and activity regularizers) as a
+        function of the trainable values; without regularizers the
+        gradients are `None`.
+        """
+        model = self.model
+        has_losses = []  # known once traced
+
+        def regularization_fn(values):
+            mapping = (list(zip(model.trainable_variables, values))
+                       + list(zip(model.non_trainable_variables, non_trainable)))
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+                model(x, training=True)
+                has_losses.append(bool(model.losses))
+                return model._regularization_loss()
+
+        regularization, vjp_fn = jax.vjp(regularization_fn, list(trainable))
+        if not has_losses[0]:
+            return regularization, None
+        scale = 1.0 if loss_scale is None else loss_scale
+        (grads,) = vjp_fn(jnp.asarray(scale, regularization.dtype))
+        return regularization, grads
+
+    def _split_models(self):
+        """`(trunk, heads)`: functional views of the model cut at `shared=`."""
+        if getattr(self, "_split", None) is None:
+            model = self.model
+            model._representation_model()  # a clear error without `shared=`
+            shared = keras.tree.flatten(model._shared_tensor)
+            task_outputs = {t: model.outputs[i]
+                            for i, t in enumerate(model.task_names)}
+            trunk = keras.Model(model.input, shared)
+            heads = keras.Model([model.input, shared], task_outputs)
+            self._split = (trunk, heads)
+        return self._split
 
     def post_step_update(self, trainable, non_trainable, x, y, sample_weight,
                          losses_before, finite):

@@ -355,6 +355,16 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             sample_weight: `None`, one array for every task, or a dict
                 `{task: per-sample weights}`.
         """
+        return ops.stack(self.compute_task_loss_list(y, y_pred, sample_weight))
+
+    def compute_task_loss_list(self, y, y_pred, sample_weight=None) -> list:
+        """The unweighted per-task losses as a list of K scalars.
+
+        The gradient engine differentiates each one alone: a backward pass
+        from the stacked vector would visit every task's head (K passes over
+        K heads, a graph quadratic in K). Arguments as for
+        `compute_task_losses`.
+        """
         if not isinstance(y, dict):
             raise ValueError(
                 "Labels must be a dict {task: labels} with the tasks "
@@ -382,7 +392,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             labels = check_class_ids(task, loss_fn, y[task], y_pred[task])
             losses.append(masked_task_loss(loss_fn, labels, y_pred[task], weight,
                                            count=_mean_over_replicas))
-        return ops.stack(losses)
+        return losses
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):

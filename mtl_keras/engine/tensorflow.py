@@ -62,6 +62,20 @@ def _zeros_for_none(grads, targets) -> list:
     return [tf.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
 
 
+def weighted_gradient(tape, task_losses, sources, seeds) -> list:
+    """The gradient of `Σ_k seeds[k]·task_losses[k]` over `sources`.
+
+    `task_losses` is a (K,) tensor or a list of K scalars recorded on the
+    tape (then each seed goes to its own loss, no stacked vector).
+    """
+    if isinstance(task_losses, (list, tuple)):
+        return tape.gradient(
+            list(task_losses), sources,
+            output_gradients=[ops.cast(seeds[k], loss.dtype)
+                              for k, loss in enumerate(task_losses)])
+    return tape.gradient(task_losses, sources, output_gradients=seeds)
+
+
 def jacobian_blocks(tape, task_losses, targets, method: str = "loop",
                     loss_scale=1.0) -> list:
     """The task Jacobian J as blocks: one (K, P_v) float32 matrix per target,
@@ -69,7 +83,9 @@ def jacobian_blocks(tape, task_losses, targets, method: str = "loop",
 
     Args:
         tape: A persistent `tf.GradientTape` that recorded the losses.
-        task_losses: The (K,) losses.
+        task_losses: The (K,) losses, or (`"loop"` only) a list of K scalar
+            losses: each backward pass then starts from its own task's loss
+            and visits its own head only.
         targets: Variables or tensors (the shared representation).
         method: `"loop"`: K `tape.gradient` calls. `"pfor"`: the same
             backward pass vectorised over the K seeds (`tf.vectorized_map`,
@@ -79,20 +95,31 @@ def jacobian_blocks(tape, task_losses, targets, method: str = "loop",
         loss_scale: Seed of the backward passes (a loss scale multiplies
             every gradient; the losses themselves stay unscaled).
     """
-    num_tasks = task_losses.shape[0]
-
-    def gradients(seed):
-        # Selecting task k by `output_gradients` (not by indexing the loss
-        # vector, an op the tape would not have recorded).
-        grads = tape.gradient(task_losses, targets, output_gradients=seed)
+    def as_float32(grads):
         return [tf.cast(g, "float32") for g in _zeros_for_none(grads, targets)]
 
-    seeds = tf.eye(num_tasks, dtype=task_losses.dtype) * loss_scale
-    if method == "pfor":
-        stacked = tf.vectorized_map(gradients, seeds)
+    if isinstance(task_losses, (list, tuple)):
+        if method == "pfor":
+            raise ValueError("jacobian='pfor' needs the task losses as one (K,) "
+                             "tensor recorded on the tape, not a list.")
+        num_tasks = len(task_losses)
+        rows = [as_float32(tape.gradient(
+            loss, targets, output_gradients=ops.cast(loss_scale, loss.dtype)))
+            for loss in task_losses]
     else:
-        rows = [gradients(seeds[k]) for k in range(num_tasks)]
-        stacked = [tf.stack(per_task) for per_task in zip(*rows)]
+        num_tasks = task_losses.shape[0]
+        # Selecting task k by `output_gradients` (not by indexing the loss
+        # vector, an op the tape would not have recorded).
+        seeds = tf.eye(num_tasks, dtype=task_losses.dtype) * loss_scale
+        if method == "pfor":
+            stacked = tf.vectorized_map(
+                lambda seed: as_float32(tape.gradient(
+                    task_losses, targets, output_gradients=seed)), seeds)
+            return [tf.reshape(block, [num_tasks, -1]) for block in stacked]
+        rows = [as_float32(tape.gradient(task_losses, targets,
+                                         output_gradients=seeds[k]))
+                for k in range(num_tasks)]
+    stacked = [tf.stack(per_task) for per_task in zip(*rows)]
     return [tf.reshape(block, [num_tasks, -1]) for block in stacked]
 
 
@@ -133,7 +160,10 @@ def balanced_gradients(
 
     Args:
         tape: A persistent `tf.GradientTape` that recorded `task_losses`.
-        task_losses: The (K,) float32 task losses (already task-weighted).
+        task_losses: The (K,) task losses (already task-weighted), or a
+            list of K scalar losses recorded on the tape: with many tasks
+            prefer the list, so that each backward pass visits its own
+            task's head only (`jacobian="loop"`).
         shared_variables: The variables shared by the tasks.
         head_variables: The other trainable variables (task heads, a
             learnable balancer's variables).
@@ -197,15 +227,18 @@ def balanced_gradients(
         raise ValueError(
             f"{type(balancer).__name__}(mode='rep') differentiates with "
             "respect to the shared representation: pass `representation=`.")
-    task_losses = ops.cast(task_losses, "float32")
+    recorded = (list(task_losses) if isinstance(task_losses, (list, tuple))
+                else task_losses)
+    task_losses = ops.cast(ops.stack(recorded) if isinstance(recorded, list)
+                           else recorded, "float32")
     balancer._ensure_built(task_losses)
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     targets = (list(shared_variables) if representation is None
                else keras.tree.flatten(representation))
     if representation is None:
         balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
-    step = _shared_step(tape, task_losses, targets, balancer, jacobian, scale,
-                        loss_scale is not None)
+    step = _shared_step(tape, recorded, task_losses, targets, balancer, jacobian,
+                        scale, loss_scale is not None)
     weights = step.weights
     # J was summed over replicas and optimizer.apply sums again.
     update = [ops.cast(ops.reshape(piece / num_replicas(), ops.shape(t)), t.dtype)
@@ -215,8 +248,8 @@ def balanced_gradients(
                                      output_gradients=update)
     else:
         shared_grads = update
-    head_grads = (tape.gradient(task_losses, list(head_variables),
-                                output_gradients=weights * scale)
+    head_grads = (weighted_gradient(tape, recorded, list(head_variables),
+                                    weights * scale)
                   if head_variables else [])
     if regularization is not None:
         variables = list(shared_variables) + list(head_variables)
@@ -232,7 +265,7 @@ def balanced_gradients(
         balanced=step.balanced)
 
 
-def _shared_step(tape, task_losses, targets, balancer, method, scale,
+def _shared_step(tape, recorded, task_losses, targets, balancer, method, scale,
                  loss_scaled: bool) -> core.SharedStep:
     """J, the balancer and the shared update (see `core.amortised_balance`).
 
@@ -244,7 +277,7 @@ def _shared_step(tape, task_losses, targets, balancer, method, scale,
 
     def jacobian():
         return all_reduce_sum(
-            jacobian_blocks(tape, task_losses, targets, method, scale))
+            jacobian_blocks(tape, recorded, targets, method, scale))
 
     def balance(blocks, state):
         # Under loss scaling, the LossScaleOptimizer skips non-finite
@@ -266,8 +299,7 @@ def _shared_step(tape, task_losses, targets, balancer, method, scale,
                 shared_blocks, task_losses, weights, loss_scaled))
 
     def reuse(weights):
-        grads = tape.gradient(task_losses, targets,
-                              output_gradients=weights * scale)
+        grads = weighted_gradient(tape, recorded, targets, weights * scale)
         update = [tf.reshape(tf.cast(g, "float32"), [-1])
                   for g in _zeros_for_none(grads, targets)]
         grads_finite = True if loss_scaled else ops.all(ops.stack(
@@ -348,12 +380,18 @@ class TensorFlowTrainer:
                     x, training=True)
             else:
                 y_pred = model(x, training=True)
-            task_losses = model.compute_task_losses(y, y_pred, sample_weight)
-            weighted = scale_for_distribution(model.task_weights(task_losses))
+            loss_list = model.compute_task_loss_list(y, y_pred, sample_weight)
+            task_losses = ops.stack(loss_list)
+            task_weights = ops.cast(model.task_weights.values, "float32")
+            # Kept per task for the loop Jacobian (see `jacobian_blocks`).
+            weighted_list = [scale_for_distribution(task_weights[k] * loss)
+                             for k, loss in enumerate(loss_list)]
+            weighted = ops.stack(weighted_list)
             regularization = (scale_for_distribution(model._regularization_loss())
                               if model.losses else None)
         result = balanced_gradients(
-            tape, weighted, model.shared_variables, model.head_variables,
+            tape, weighted_list if model._jacobian_method == "loop" else weighted,
+            model.shared_variables, model.head_variables,
             model.balancer, representation=representation,
             regularization=regularization, loss_scale=self.loss_scale(),
             jacobian=model._jacobian_method)

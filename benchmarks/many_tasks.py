@@ -143,7 +143,8 @@ def _run_row(method, num_tasks, width, steps, in_process) -> dict:
         return measure(method, num_tasks, width, steps)
     command = [sys.executable, os.path.abspath(__file__), "--row",
                f"{method}:{num_tasks}", "--width", str(width), "--steps", str(steps)]
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -173,8 +174,9 @@ def header(width: int, steps: int) -> list[str]:
     """The table's preamble: machine, load, date, configuration."""
     import keras
 
+    now = datetime.datetime.now(datetime.timezone.utc)
     return [
-        f"# {keras.backend.backend()} | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+        f"# {keras.backend.backend()} | {now:%Y-%m-%d %H:%M} UTC | "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores | "
         f"load {os.getloadavg()[0]:.1f} | P = {shared_parameter_count(width):,} "
         f"shared parameters, batch {BATCH}, {steps} steps",

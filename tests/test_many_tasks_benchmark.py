@@ -38,7 +38,7 @@ def test_tiny_run_prints_one_row_per_method_and_linear_log_keys(capsys):
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split("|")[1:-1] for line in lines
             if re.match(r"\| \d+ \|", line)]
-    keys = {(int(r[0]), r[1].strip()): int(r[7]) for r in rows}
+    keys = {(int(r[0]), r[1].strip()): int(r[8]) for r in rows}
     # plain: loss + one loss per output.
     assert keys[(2, "plain")] == 3 and keys[(9, "plain")] == 10
     # loss, balanced_loss, skipped_steps, per task loss/weight/grad_norm,

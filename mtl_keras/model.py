@@ -23,6 +23,7 @@ from mtl_keras.task_losses import (
     to_loss,
 )
 from mtl_keras.task_weights import TaskWeights
+from mtl_keras.vector_mean import VectorMean
 
 #: The output key under which `get_config` records the shared tensor, so that
 #: Keras' own functional deserialisation finds it again.
@@ -304,13 +305,18 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         self._total_loss_tracker = mean(name="loss")
         self._balanced_loss_tracker = (
             mean(name="balanced_loss") if self.balancer is not None else None)
-        self._task_loss_trackers = [mean(name=f"{t}_loss") for t in self.task_names]
-        self._task_weight_trackers = [mean(name=f"{t}_weight") for t in self.task_names]
+        # One vector metric per group (not K scalar ones): a few ops per
+        # step whatever the number of tasks, with the same log keys.
+        self._task_loss_trackers = VectorMean(
+            [f"{t}_loss" for t in self.task_names], name="task_losses")
+        self._task_weight_trackers = VectorMean(
+            [f"{t}_weight" for t in self.task_names], name="task_weights")
         self._skipped_steps = keras.metrics.Sum(name="skipped_steps")
         self._diagnostic_trackers = []
         if isinstance(self.balancer, GradientBalancer) and self._diagnostics != "none":
             names = engine.diagnostic_names(self.task_names, self._cosines())
-            self._diagnostic_trackers = [mean(name=n) for n in names]
+            self._diagnostic_trackers = [
+                VectorMean(names, name="gradient_diagnostics")]
 
     def _cosines(self) -> bool:
         """Whether the pairwise gradient cosines are logged."""
@@ -423,12 +429,11 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     def _update_task_trackers(self, task_losses, balance, counted=True) -> None:
         effective = ops.cast(self.task_weights.values, "float32") * balance
         count = ops.cast(counted, "float32")
-        for i in range(self.num_tasks):
-            # A skipped step (counted=False) leaves the epoch means untouched.
-            loss = ops.where(counted, task_losses[i], 0.0)
-            self._task_loss_trackers[i].update_state(loss, sample_weight=count)
-            self._task_weight_trackers[i].update_state(
-                ops.where(counted, effective[i], 0.0), sample_weight=count)
+        # A skipped step (counted=False) leaves the epoch means untouched.
+        self._task_loss_trackers.update_state(
+            ops.where(counted, task_losses, 0.0), sample_weight=count)
+        self._task_weight_trackers.update_state(
+            ops.where(counted, effective, 0.0), sample_weight=count)
 
     # ------------------------------------------------------------ training
 
@@ -496,12 +501,10 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         finite = self._record_finite(step.finite_tasks)
         self._track_step(x, step.loss, step.balanced_loss, step.task_losses,
                          step.balance, finite)
-        if step.gramian is not None:
-            for tracker, value in zip(self._diagnostic_trackers,
-                                      engine.diagnostics(step.gramian,
-                                                         self._cosines())):
-                tracker.update_state(
-                    value, sample_weight=ops.cast(step.balanced, "float32"))
+        if step.gramian is not None and self._diagnostic_trackers:
+            values = ops.stack(engine.diagnostics(step.gramian, self._cosines()))
+            self._diagnostic_trackers[0].update_state(
+                values, sample_weight=ops.cast(step.balanced, "float32"))
         logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
         return self._distributable_logs(logs)
 

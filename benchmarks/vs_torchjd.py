@@ -35,7 +35,8 @@ Usage (the settings of the committed results, from the repository root):
 
     nice -n 5 python benchmarks/vs_torchjd.py --threads 2 --steps 20
 
-writes `benchmarks/results/vs_torchjd.md` (`--out` to change it).
+writes its section (one per thread count) of
+`benchmarks/results/vs_torchjd.md` (`--out` to change the file).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pathlib
+import re
 import shlex
 import statistics
 import sys
@@ -63,6 +65,7 @@ DEFAULT_OUT = BENCHMARKS / "results" / "vs_torchjd.md"
 REQUIREMENTS = ("torch", "torchjd")
 INSTALL_HINT = 'pip install torch "torchjd[full]"'
 GOAL = 2.0
+NOTES_MARKER = "<!-- notes -->"
 TORCHJD, MTL_KERAS = "torchjd", "mtl_keras"
 LIBRARIES = (TORCHJD, MTL_KERAS)
 
@@ -392,16 +395,41 @@ def versions() -> str:
             f"{importlib.metadata.version('torchjd')}, NumPy {np.__version__}")
 
 
-def report(results, settings, command: str, loads: tuple[str, str],
-           wall_s: float) -> str:
+def header() -> str:
+    """The top of the report: what is compared, common to every section."""
+    return f"""# Per-step time: torchjd vs mtl_keras
+
+`benchmarks/vs_torchjd.py` times one training step of the same network and
+methods in PyTorch + torchjd (`mtl_backward`, then `jac_to_grad` over the
+trunk's parameters) and in mtl_keras (`MultiTaskModel.fit` on TensorFlow,
+`jacobian="loop"`, no XLA). torch and torchjd are not dependencies of
+mtl_keras; install them with `{INSTALL_HINT}` to run it.
+
+The MultiMNIST LeNet (shared trunk of {lenet_parameter_count(0):,} parameters,
+two heads, {lenet_parameter_count(len(TASKS)):,} in all; cross-entropy per
+task), a batch of random images in memory (the same arrays for both
+libraries), SGD(0.01), each library's own defaults for every method (CAGrad:
+c = 0.4 in both). Speed-up = torchjd's time / mtl_keras' time; ✓ meets the
+goal of ≥ {GOAL:.0f}× (issue #13), ✗ misses it. "× its plain" is each
+library's time over its own plain single-loss step.
+
+One section per thread count (each run replaces its own section).
+"""
+
+
+def section(results, settings, command: str, loads: tuple[str, str],
+            wall_s: float) -> str:
+    """The report's part for one run (one thread count)."""
     _, overhead = helpers()
     skipped = "".join(f"\n- {r.method.label}: {r.skipped}" for r in results
                       if r.skipped)
-    return f"""# Per-step time: torchjd vs mtl_keras
+    wait_policy = os.environ.get("OMP_WAIT_POLICY")
+    wait_policy = f" OMP_WAIT_POLICY={wait_policy}." if wait_policy else ""
+    plural = "" if settings.threads == 1 else "s"
+    return f"""## {settings.threads} thread{plural} per library
 
 Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by
-(from the repository root, torch and torchjd installed with
-`{INSTALL_HINT}`):
+(from the repository root):
 
 ```bash
 {command}
@@ -409,18 +437,11 @@ Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by
 
 Machine: {overhead.machine_info()}; {versions()}. Shared with other jobs:
 load average (1, 5, 15 min) {loads[0]} at the start, {loads[1]} at the end.
-Threads of each library (intra- and inter-op): {settings.threads}. Wall time
+torch intra- and inter-op threads and TensorFlow intra- and inter-op
+threads: {settings.threads}.{wait_policy} Batch {settings.batch}. Each cell is
+the median of {settings.rounds} × {settings.steps} timed steps per library, in
+alternating segments, after {settings.warmup} warm-up steps. Wall time
 {wall_s / 60:.1f} min.
-
-The MultiMNIST LeNet (shared trunk of {lenet_parameter_count(0):,} parameters,
-two heads, {lenet_parameter_count(len(TASKS)):,} in all), batch {settings.batch} of
-random images in memory, SGD(0.01). torchjd: `mtl_backward` then
-`jac_to_grad` over the trunk's parameters; mtl_keras: `MultiTaskModel.fit`
-on TensorFlow, `jacobian="loop"`, no XLA. Each cell is the median of
-{settings.rounds} × {settings.steps} timed steps per library, in alternating
-segments, after {settings.warmup} warm-up steps. Speed-up = torchjd's time /
-mtl_keras' time; ✓ meets the goal of ≥ {GOAL:.0f}×, ✗ misses it. Each
-library's own defaults for every method (CAGrad: c = 0.4 in both).
 {skipped}
 
 {table(results)}
@@ -429,7 +450,27 @@ Process CPU time per step (all threads of the process; other jobs on the
 machine disturb it less, but it counts threads that spin while waiting):
 
 {table(results, cpu=True)}
-""".rstrip() + "\n"
+""".rstrip()
+
+
+def _section_markers(threads: int) -> tuple[str, str]:
+    return f"<!-- threads={threads} -->", f"<!-- end threads={threads} -->"
+
+
+def merge_report(existing: str, threads: int, new_section: str) -> str:
+    """The report with `new_section` for `threads`, the other thread counts'
+    sections and the notes (after `NOTES_MARKER`) of `existing` kept."""
+    sections = {
+        int(match.group(1)): match.group(2).strip()
+        for match in re.finditer(
+            r"<!-- threads=(\d+) -->(.*?)<!-- end threads=\1 -->", existing, re.S)}
+    sections[threads] = new_section
+    notes = existing.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in existing else "\n"
+    body = "\n\n".join(
+        f"{start}\n{sections[count]}\n{end}"
+        for count in sorted(sections)
+        for start, end in [_section_markers(count)])
+    return f"{header()}\n{body}\n\n{NOTES_MARKER}{notes}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -471,10 +512,12 @@ def main(argv=None) -> int:
     load_after = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     command = "python benchmarks/vs_torchjd.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    text = report(results, args, command.strip(), (load_before, load_after),
-                  time.perf_counter() - start)
+    new_section = section(results, args, command.strip(),
+                          (load_before, load_after), time.perf_counter() - start)
+    existing = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    args.out.write_text(merge_report(existing, args.threads, new_section),
+                        encoding="utf-8")
     print(f"\n{table(results)}\n\nWrote {args.out}.")
     return 0
 

@@ -82,3 +82,16 @@ def test_table_speed_up_and_goal_marks():
     assert rows[2] == "| plain single-loss step | 30.0 | 20.0 | 1.50× | 1.00 | 1.00 |"
     assert rows[3] == "| UPGrad | 90.0 | 40.0 | 2.25× ✓ | 3.00 | 2.00 |"
     assert rows[4] == "| MGDA | 60.0 | 40.0 | 1.50× ✗ | 2.00 | 2.00 |"
+
+
+def test_a_run_replaces_only_its_own_thread_section_and_keeps_the_notes():
+    first = vs_torchjd.merge_report("", 1, "## 1 thread per library\n\nold")
+    assert first.startswith("# Per-step time: torchjd vs mtl_keras")
+    second = vs_torchjd.merge_report(first + "hand-written note\n", 2,
+                                     "## 2 threads per library\n\ntwo")
+    third = vs_torchjd.merge_report(second, 1, "## 1 thread per library\n\nnew")
+    assert "old" not in third
+    assert third.index("\nnew\n") < third.index("\ntwo\n") < third.index(
+        vs_torchjd.NOTES_MARKER)
+    assert third.endswith(vs_torchjd.NOTES_MARKER + "\nhand-written note\n")
+    assert third.count("## 1 thread per library") == 1

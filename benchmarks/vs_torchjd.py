@@ -413,7 +413,8 @@ c = 0.4 in both). Speed-up = torchjd's time / mtl_keras' time; ✓ meets the
 goal of ≥ {GOAL:.0f}× (issue #13), ✗ misses it. "× its plain" is each
 library's time over its own plain single-loss step.
 
-One section per thread count (each run replaces its own section).
+One section per thread count (and `OMP_WAIT_POLICY`, when set); each run
+replaces its own section.
 """
 
 
@@ -424,9 +425,12 @@ def section(results, settings, command: str, loads: tuple[str, str],
     skipped = "".join(f"\n- {r.method.label}: {r.skipped}" for r in results
                       if r.skipped)
     wait_policy = os.environ.get("OMP_WAIT_POLICY")
-    wait_policy = f" OMP_WAIT_POLICY={wait_policy}." if wait_policy else ""
     plural = "" if settings.threads == 1 else "s"
-    return f"""## {settings.threads} thread{plural} per library
+    title = f"{settings.threads} thread{plural} per library"
+    if wait_policy:
+        title += f", torch with OMP_WAIT_POLICY={wait_policy}"
+    wait_policy = f" OMP_WAIT_POLICY={wait_policy}." if wait_policy else ""
+    return f"""## {title}
 
 Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by
 (from the repository root):
@@ -453,23 +457,25 @@ machine disturb it less, but it counts threads that spin while waiting):
 """.rstrip()
 
 
-def _section_markers(threads: int) -> tuple[str, str]:
-    return f"<!-- threads={threads} -->", f"<!-- end threads={threads} -->"
+def section_key(threads: int, wait_policy: str | None = None) -> str:
+    """What a section is for: the thread count, and torch's OpenMP wait
+    policy where `OMP_WAIT_POLICY` sets one."""
+    return f"threads={threads}" + (f" OMP_WAIT_POLICY={wait_policy}"
+                                   if wait_policy else "")
 
 
-def merge_report(existing: str, threads: int, new_section: str) -> str:
-    """The report with `new_section` for `threads`, the other thread counts'
-    sections and the notes (after `NOTES_MARKER`) of `existing` kept."""
+def merge_report(existing: str, key: str, new_section: str) -> str:
+    """The report with `new_section` under `key` (see `section_key`), the
+    other sections and the notes (after `NOTES_MARKER`) of `existing` kept."""
     sections = {
-        int(match.group(1)): match.group(2).strip()
-        for match in re.finditer(
-            r"<!-- threads=(\d+) -->(.*?)<!-- end threads=\1 -->", existing, re.S)}
-    sections[threads] = new_section
+        match.group(1): match.group(2).strip()
+        for match in re.finditer(r"<!-- section (.+?) -->(.*?)<!-- end section \1 -->",
+                                 existing, re.S)}
+    sections[key] = new_section
     notes = existing.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in existing else "\n"
     body = "\n\n".join(
-        f"{start}\n{sections[count]}\n{end}"
-        for count in sorted(sections)
-        for start, end in [_section_markers(count)])
+        f"<!-- section {name} -->\n{sections[name]}\n<!-- end section {name} -->"
+        for name in sorted(sections))
     return f"{header()}\n{body}\n\n{NOTES_MARKER}{notes}"
 
 
@@ -516,8 +522,8 @@ def main(argv=None) -> int:
                           (load_before, load_after), time.perf_counter() - start)
     existing = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(merge_report(existing, args.threads, new_section),
-                        encoding="utf-8")
+    key = section_key(args.threads, os.environ.get("OMP_WAIT_POLICY"))
+    args.out.write_text(merge_report(existing, key, new_section), encoding="utf-8")
     print(f"\n{table(results)}\n\nWrote {args.out}.")
     return 0
 

@@ -85,13 +85,19 @@ def test_table_speed_up_and_goal_marks():
 
 
 def test_a_run_replaces_only_its_own_thread_section_and_keeps_the_notes():
-    first = vs_torchjd.merge_report("", 1, "## 1 thread per library\n\nold")
+    first = vs_torchjd.merge_report("", "threads=1", "## 1 thread per library\n\nold")
     assert first.startswith("# Per-step time: torchjd vs mtl_keras")
-    second = vs_torchjd.merge_report(first + "hand-written note\n", 2,
+    second = vs_torchjd.merge_report(first + "hand-written note\n", "threads=2",
                                      "## 2 threads per library\n\ntwo")
-    third = vs_torchjd.merge_report(second, 1, "## 1 thread per library\n\nnew")
+    third = vs_torchjd.merge_report(second, "threads=1",
+                                    "## 1 thread per library\n\nnew")
     assert "old" not in third
     assert third.index("\nnew\n") < third.index("\ntwo\n") < third.index(
         vs_torchjd.NOTES_MARKER)
     assert third.endswith(vs_torchjd.NOTES_MARKER + "\nhand-written note\n")
     assert third.count("## 1 thread per library") == 1
+
+
+def test_section_key_names_the_threads_and_the_wait_policy():
+    assert vs_torchjd.section_key(2) == "threads=2"
+    assert vs_torchjd.section_key(2, "PASSIVE") == "threads=2 OMP_WAIT_POLICY=PASSIVE"

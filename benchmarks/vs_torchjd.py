@@ -31,6 +31,12 @@ times, and each cell is the median step time over all timed steps. The
 mtl_keras step is the `train_function` call of `fit` (a callback around it,
 `overhead.StepTimer`), without XLA (`jit_compile` is off on a CPU).
 
+On a machine busy with other jobs, torch's OpenMP threads wait for each
+other by spinning, and a step on 2 threads can take 10× its time on an idle
+machine while TensorFlow's thread pool barely slows down: compare there with
+`--threads 1`, or also with `OMP_WAIT_POLICY=PASSIVE` set (the report keeps
+one section per thread count and wait policy).
+
 Usage (the settings of the committed results, from the repository root):
 
     nice -n 5 python benchmarks/vs_torchjd.py --threads 2 --steps 20

@@ -31,6 +31,13 @@ times, and each cell is the median step time over all timed steps. The
 mtl_keras step is the `train_function` call of `fit` (a callback around it,
 `overhead.StepTimer`), without XLA (`jit_compile` is off on a CPU).
 
+`--engine autogram` times torchjd's other route instead: the Gramian of the
+task losses over the trunk's parameters by `torchjd.autogram.Engine`
+(`batch_dim=None`: the task losses are batch means), the method's
+`...Weighting` on it, and one backward pass of the weighted losses (the
+heads then get the weighted gradients, as in mtl_keras). Methods without a
+public Gramian weighting in torchjd (Nash-MTL, GradDrop) are skipped there.
+
 On a machine busy with other jobs, torch's OpenMP threads wait for each
 other by spinning, and a step on 2 threads can take 10× its time on an idle
 machine while TensorFlow's thread pool barely slows down: compare there with
@@ -71,6 +78,7 @@ DEFAULT_OUT = BENCHMARKS / "results" / "vs_torchjd.md"
 REQUIREMENTS = ("torch", "torchjd")
 INSTALL_HINT = 'pip install torch "torchjd[full]"'
 GOAL = 2.0
+AUTOJAC, AUTOGRAM = "autojac", "autogram"
 NOTES_MARKER = "<!-- notes -->"
 TORCHJD, MTL_KERAS = "torchjd", "mtl_keras"
 LIBRARIES = (TORCHJD, MTL_KERAS)
@@ -210,24 +218,35 @@ def torch_lenet():
     return trunk, heads
 
 
-def torchjd_aggregator(method: Method):
-    """The torchjd aggregator of `method`; `None` for the plain step. Raises
-    torchjd's `ImportError` when its optional dependencies are missing."""
+class NotSupported(Exception):
+    """torchjd cannot run this method with the chosen engine."""
+
+
+def torchjd_aggregator(method: Method, engine: str = AUTOJAC):
+    """The torchjd aggregator of `method` (`autojac`) or its Gramian
+    weighting (`autogram`); `None` for the plain step. Raises torchjd's
+    `ImportError` when its optional dependencies are missing."""
     if method.torchjd is None:
         return None
     from torchjd import aggregation
 
     name, kwargs = method.torchjd
-    return getattr(aggregation, name)(**kwargs)
+    if engine == AUTOJAC:
+        return getattr(aggregation, name)(**kwargs)
+    weighting = getattr(aggregation, f"{name}Weighting", None)
+    if weighting is None:
+        raise NotSupported(f"torchjd {torchjd_version()} has no public Gramian "
+                           f"weighting for {name}, so no autogram")
+    return weighting(**kwargs)
 
 
-def torch_step(method: Method, batch, seed: int = 0) -> Callable[[], None]:
-    """A function running one training step of `method` in PyTorch."""
+def torch_step(method: Method, batch, engine: str = AUTOJAC,
+               seed: int = 0) -> Callable[[], None]:
+    """A function running one training step of `method` in PyTorch, its
+    Jacobian by torchjd's `engine`."""
     import torch
-    from torch.nn import functional
-    from torchjd.autojac import jac_to_grad, mtl_backward
 
-    aggregator = torchjd_aggregator(method)
+    aggregator = torchjd_aggregator(method, engine)
     torch.manual_seed(seed)
     trunk, heads = torch_lenet()
     params = [*trunk.parameters(), *heads.parameters()]
@@ -236,20 +255,62 @@ def torch_step(method: Method, batch, seed: int = 0) -> Callable[[], None]:
         raise AssertionError(f"The torch LeNet has {count} parameters.")
     optimizer = torch.optim.SGD(params, lr=LEARNING_RATE)
     images, labels = torch_batch(batch)
+    backward = (_plain_backward() if aggregator is None else
+                _autojac_backward(aggregator, trunk) if engine == AUTOJAC else
+                _autogram_backward(aggregator, trunk))
 
     def step():
         optimizer.zero_grad()
         features = trunk(images)
-        task_losses = [functional.cross_entropy(heads[task](features), labels[task])
-                       for task in TASKS]
-        if aggregator is None:
-            sum(task_losses).backward()
-        else:
-            mtl_backward(task_losses, features=features)
-            jac_to_grad(trunk.parameters(), aggregator)
+        backward(features, [heads[task](features) for task in TASKS], labels)
         optimizer.step()
 
     return step
+
+
+def _task_losses(logits, labels) -> list:
+    from torch.nn import functional
+
+    return [functional.cross_entropy(task_logits, labels[task])
+            for task, task_logits in zip(TASKS, logits)]
+
+
+def _plain_backward():
+    def backward(features, logits, labels):
+        sum(_task_losses(logits, labels)).backward()
+
+    return backward
+
+
+def _autojac_backward(aggregator, trunk):
+    """torchjd's MTL route: `mtl_backward`, then `jac_to_grad` on the trunk."""
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    def backward(features, logits, labels):
+        mtl_backward(_task_losses(logits, labels), features=features)
+        jac_to_grad(trunk.parameters(), aggregator)
+
+    return backward
+
+
+def _autogram_backward(weighting, trunk):
+    """torchjd's Gramian route: the Gramian of the task losses over the
+    trunk's parameters by `autogram.Engine` (hooks set before the forward
+    pass), then one backward pass of the weighted losses."""
+    import torch
+    from torchjd.autogram import Engine
+
+    engine = Engine(trunk, batch_dim=None)
+
+    def backward(features, logits, labels):
+        task_losses = torch.stack(_task_losses(logits, labels))
+        task_losses.backward(weighting(engine.compute_gramian(task_losses)))
+
+    return backward
+
+
+def torchjd_version() -> str:
+    return importlib.metadata.version("torchjd")
 
 
 def time_torch(step: Callable[[], None], steps: int) -> tuple[list, list]:
@@ -324,9 +385,9 @@ def measure(method: Method, batch, dataset, settings: argparse.Namespace,
     """Builds, warms up and times `method` in both libraries, alternating."""
     result = Result(method)
     try:
-        step = _warm(TORCHJD, lambda: torch_step(method, batch),
+        step = _warm(TORCHJD, lambda: torch_step(method, batch, settings.engine),
                      lambda built: time_torch(built, settings.warmup), result)
-    except ImportError as error:
+    except (ImportError, NotSupported) as error:
         result.skipped = f"torchjd: {error}"
         log(f"{method.label}: skipped ({result.skipped})")
         return result
@@ -397,8 +458,8 @@ def versions() -> str:
     """The versions `overhead.machine_info` leaves out."""
     import torch
 
-    return (f"torch {torch.__version__}, torchjd "
-            f"{importlib.metadata.version('torchjd')}, NumPy {np.__version__}")
+    return (f"torch {torch.__version__}, torchjd {torchjd_version()}, NumPy "
+            f"{np.__version__}")
 
 
 def header() -> str:
@@ -409,7 +470,9 @@ def header() -> str:
 methods in PyTorch + torchjd (`mtl_backward`, then `jac_to_grad` over the
 trunk's parameters) and in mtl_keras (`MultiTaskModel.fit` on TensorFlow,
 `jacobian="loop"`, no XLA). torch and torchjd are not dependencies of
-mtl_keras; install them with `{INSTALL_HINT}` to run it.
+mtl_keras; install them with `{INSTALL_HINT}` to run it. Sections marked
+"autogram" time torchjd's Gramian route instead (`autogram.Engine` on the
+trunk, the method's weighting, one weighted backward pass).
 
 The MultiMNIST LeNet (shared trunk of {lenet_parameter_count(0):,} parameters,
 two heads, {lenet_parameter_count(len(TASKS)):,} in all; cross-entropy per
@@ -435,6 +498,8 @@ def section(results, settings, command: str, loads: tuple[str, str],
     title = f"{settings.threads} thread{plural} per library"
     if wait_policy:
         title += f", torch with OMP_WAIT_POLICY={wait_policy}"
+    if settings.engine == AUTOGRAM:
+        title += ", torchjd's autogram engine"
     wait_policy = f" OMP_WAIT_POLICY={wait_policy}." if wait_policy else ""
     return f"""## {title}
 
@@ -463,11 +528,14 @@ machine disturb it less, but it counts threads that spin while waiting):
 """.rstrip()
 
 
-def section_key(threads: int, wait_policy: str | None = None) -> str:
-    """What a section is for: the thread count, and torch's OpenMP wait
-    policy where `OMP_WAIT_POLICY` sets one."""
-    return f"threads={threads}" + (f" OMP_WAIT_POLICY={wait_policy}"
-                                   if wait_policy else "")
+def section_key(threads: int, wait_policy: str | None = None,
+                engine: str = AUTOJAC) -> str:
+    """What a section is for: the thread count, torch's OpenMP wait policy
+    where `OMP_WAIT_POLICY` sets one, torchjd's engine if not autojac."""
+    key = f"threads={threads}"
+    if wait_policy:
+        key += f" OMP_WAIT_POLICY={wait_policy}"
+    return key + (f" engine={engine}" if engine != AUTOJAC else "")
 
 
 def merge_report(existing: str, key: str, new_section: str) -> str:
@@ -496,6 +564,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed steps after building (default 3)")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--engine", choices=(AUTOJAC, AUTOGRAM), default=AUTOJAC,
+                        help="torchjd's route: `mtl_backward` + `jac_to_grad` "
+                             "(autojac, default) or the Gramian of "
+                             "`autogram.Engine` + one weighted backward")
     parser.add_argument("--methods", nargs="+", choices=[m.key for m in METHODS],
                         help="rows besides the plain step (default: all)")
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT,
@@ -528,7 +600,7 @@ def main(argv=None) -> int:
                           (load_before, load_after), time.perf_counter() - start)
     existing = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    key = section_key(args.threads, os.environ.get("OMP_WAIT_POLICY"))
+    key = section_key(args.threads, os.environ.get("OMP_WAIT_POLICY"), args.engine)
     args.out.write_text(merge_report(existing, key, new_section), encoding="utf-8")
     print(f"\n{table(results)}\n\nWrote {args.out}.")
     return 0

@@ -101,3 +101,4 @@ def test_a_run_replaces_only_its_own_thread_section_and_keeps_the_notes():
 def test_section_key_names_the_threads_and_the_wait_policy():
     assert vs_torchjd.section_key(2) == "threads=2"
     assert vs_torchjd.section_key(2, "PASSIVE") == "threads=2 OMP_WAIT_POLICY=PASSIVE"
+    assert vs_torchjd.section_key(1, None, "autogram") == "threads=1 engine=autogram"

@@ -27,7 +27,9 @@ Both libraries run on `--threads` threads (torch intra- and inter-op,
 TensorFlow intra- and inter-op). Each model is built and warmed up first
 (`--warmup` steps; mtl_keras traces its train function there), then the two
 libraries are timed in alternating segments of `--steps` steps, `--rounds`
-times, and each cell is the median step time over all timed steps. The
+times, each followed by a segment of that library's plain step (for the
+"× its plain" columns), and each cell is the median step time over all
+timed steps. The
 mtl_keras step is the `train_function` call of `fit` (a callback around it,
 `overhead.StepTimer`), without XLA (`jit_compile` is off on a CPU).
 
@@ -354,22 +356,37 @@ def time_keras(model, dataset, steps: int) -> tuple[list, list]:
 # ------------------------------------------------------------------ the run
 
 
+def _per_library() -> dict[str, list[float]]:
+    return {library: [] for library in LIBRARIES}
+
+
 @dataclasses.dataclass
 class Result:
     """The timed steps of one method: `{library: [seconds]}` of wall and
-    of process CPU time; `skipped` says why there are none."""
+    of process CPU time, and the same of each library's plain step timed in
+    the same rounds (`plain_wall_s`, `plain_cpu_s`, empty for the plain row
+    itself); `skipped` says why there are none."""
 
     method: Method
-    wall_s: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {library: [] for library in LIBRARIES})
-    cpu_s: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {library: [] for library in LIBRARIES})
+    wall_s: dict[str, list[float]] = dataclasses.field(default_factory=_per_library)
+    cpu_s: dict[str, list[float]] = dataclasses.field(default_factory=_per_library)
+    plain_wall_s: dict[str, list[float]] = dataclasses.field(
+        default_factory=_per_library)
+    plain_cpu_s: dict[str, list[float]] = dataclasses.field(
+        default_factory=_per_library)
     warmup_s: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped: str = ""
 
     def ms(self, library: str, cpu: bool = False) -> float:
         """Median milliseconds per step of `library`."""
         return 1000 * statistics.median((self.cpu_s if cpu else self.wall_s)[library])
+
+    def times_plain(self, library: str, cpu: bool = False) -> float:
+        """The median step over the median plain step timed alongside it."""
+        plain = (self.plain_cpu_s if cpu else self.plain_wall_s)[library]
+        if not plain:
+            return 1.0
+        return self.ms(library, cpu) / (1000 * statistics.median(plain))
 
 
 def _warm(library: str, build: Callable, run: Callable, result: Result):
@@ -380,44 +397,62 @@ def _warm(library: str, build: Callable, run: Callable, result: Result):
     return built
 
 
-def measure(method: Method, batch, dataset, settings: argparse.Namespace,
-            log: Callable[[str], None]) -> Result:
-    """Builds, warms up and times `method` in both libraries, alternating."""
-    result = Result(method)
+def build(method: Method, batch, dataset, settings: argparse.Namespace,
+          result: Result) -> dict[str, Callable] | None:
+    """Builds and warms up `method` in both libraries: `{library: function
+    timing one segment}`, `None` (and `result.skipped`) if torchjd cannot."""
     try:
         step = _warm(TORCHJD, lambda: torch_step(method, batch, settings.engine),
                      lambda built: time_torch(built, settings.warmup), result)
     except (ImportError, NotSupported) as error:
         result.skipped = f"torchjd: {error}"
-        log(f"{method.label}: skipped ({result.skipped})")
-        return result
+        return None
     model = _warm(MTL_KERAS, lambda: keras_model(method),
                   lambda built: time_keras(built, dataset, settings.warmup), result)
     if trainable_count(model) != lenet_parameter_count(len(TASKS)):
         raise AssertionError(f"The Keras LeNet has {trainable_count(model)} "
                              "trainable parameters.")
-    segments = {TORCHJD: lambda: time_torch(step, settings.steps),
-                MTL_KERAS: lambda: time_keras(model, dataset, settings.steps)}
-    for round_index in range(settings.rounds):
+    return {TORCHJD: lambda: time_torch(step, settings.steps),
+            MTL_KERAS: lambda: time_keras(model, dataset, settings.steps)}
+
+
+def time_rounds(result: Result, segments, plain_segments, rounds: int) -> None:
+    """`rounds` rounds of one segment per library (and of each library's
+    plain step, unless `plain_segments` is None), alternating the order."""
+    for round_index in range(rounds):
         order = LIBRARIES if round_index % 2 == 0 else LIBRARIES[::-1]
         for library in order:
             wall, cpu = segments[library]()
             result.wall_s[library].extend(wall)
             result.cpu_s[library].extend(cpu)
-    log(f"{method.label}: " + ", ".join(
-        f"{library} {result.ms(library):.1f} ms (warm-up "
-        f"{result.warmup_s[library]:.1f} s)" for library in LIBRARIES))
-    return result
+            if plain_segments is not None:
+                wall, cpu = plain_segments[library]()
+                result.plain_wall_s[library].extend(wall)
+                result.plain_cpu_s[library].extend(cpu)
 
 
 def run(methods: Sequence[Method], settings: argparse.Namespace,
         log: Callable[[str], None]) -> list[Result]:
+    """Times every method (the first one is `PLAIN`), a method and the
+    plain steps in the same rounds."""
     _, overhead = helpers()
     batch = random_batch(settings.batch)
     dataset = overhead.repeated_dataset(batch)
-    results = []
+    results, plain_segments = [], None
     for method in methods:
-        results.append(measure(method, batch, dataset, settings, log))
+        result = Result(method)
+        segments = build(method, batch, dataset, settings, result)
+        if segments is None:
+            log(f"{method.label}: skipped ({result.skipped})")
+        else:
+            time_rounds(result, segments, plain_segments, settings.rounds)
+            log(f"{method.label}: " + ", ".join(
+                f"{library} {result.ms(library):.1f} ms (warm-up "
+                f"{result.warmup_s[library]:.1f} s)" for library in LIBRARIES))
+        if method is PLAIN:
+            plain_segments = segments
+        results.append(result)
+        del segments
         gc.collect()  # the last method's models, before the next are timed
     return results
 
@@ -434,8 +469,7 @@ def _speed_up(result: Result, cpu: bool) -> str:
 def table(results: Sequence[Result], cpu: bool = False) -> str:
     """The markdown table of median wall (or process CPU) ms per step:
     each library, the speed-up, and each library's ratio to its own plain
-    step."""
-    plain = next((r for r in results if r.method is PLAIN and not r.skipped), None)
+    step timed in the same rounds."""
     unit = "CPU ms/step" if cpu else "ms/step"
     lines = [f"| method | torchjd {unit} | mtl_keras {unit} | speed-up (torchjd / "
              "ours) | torchjd × its plain | mtl_keras × its plain |",
@@ -444,10 +478,8 @@ def table(results: Sequence[Result], cpu: bool = False) -> str:
         if result.skipped:
             lines.append(f"| {result.method.label} | skipped | | | | |")
             continue
-        own = " | ".join(
-            "–" if plain is None else
-            f"{result.ms(library, cpu) / plain.ms(library, cpu):.2f}"
-            for library in LIBRARIES)
+        own = " | ".join(f"{result.times_plain(library, cpu):.2f}"
+                         for library in LIBRARIES)
         lines.append(f"| {result.method.label} | {result.ms(TORCHJD, cpu):.1f} | "
                      f"{result.ms(MTL_KERAS, cpu):.1f} | {_speed_up(result, cpu)} | "
                      f"{own} |")
@@ -480,7 +512,8 @@ task), a batch of random images in memory (the same arrays for both
 libraries), SGD(0.01), each library's own defaults for every method (CAGrad:
 c = 0.4 in both). Speed-up = torchjd's time / mtl_keras' time; ✓ meets the
 goal of ≥ {GOAL:.0f}× (issue #13), ✗ misses it. "× its plain" is each
-library's time over its own plain single-loss step.
+library's time over its own plain single-loss step, timed in the same rounds
+(a segment of the method, then one of the plain step, per library).
 
 One section per thread count (and `OMP_WAIT_POLICY`, when set); each run
 replaces its own section.

@@ -404,7 +404,10 @@ def build(method: Method, batch, dataset, settings: argparse.Namespace,
     try:
         step = _warm(TORCHJD, lambda: torch_step(method, batch, settings.engine),
                      lambda built: time_torch(built, settings.warmup), result)
-    except (ImportError, NotSupported) as error:
+    except NotSupported as error:
+        result.skipped = str(error)
+        return None
+    except ImportError as error:  # a torchjd extra is missing
         result.skipped = f"torchjd: {error}"
         return None
     model = _warm(MTL_KERAS, lambda: keras_model(method),

@@ -46,11 +46,16 @@ machine while TensorFlow's thread pool barely slows down: compare there with
 `--threads 1`, or also with `OMP_WAIT_POLICY=PASSIVE` set (the report keeps
 one section per thread count and wait policy).
 
-Usage (the settings of the committed results, from the repository root):
+Usage (the committed sections, from the repository root):
 
-    nice -n 5 python benchmarks/vs_torchjd.py --threads 2 --steps 20
+    nice -n 5 python benchmarks/vs_torchjd.py --threads 1 --steps 20 --rounds 3
+    nice -n 5 python benchmarks/vs_torchjd.py --threads 1 --steps 20 --rounds 3 \
+        --engine autogram
+    nice -n 5 python benchmarks/vs_torchjd.py --threads 2 --steps 20 --rounds 3
+    OMP_WAIT_POLICY=PASSIVE nice -n 5 python benchmarks/vs_torchjd.py \
+        --threads 2 --steps 20 --rounds 3
 
-writes its section (one per thread count) of
+Each writes its section (one per thread count, wait policy and engine) of
 `benchmarks/results/vs_torchjd.md` (`--out` to change the file).
 """
 

@@ -620,8 +620,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     missing = missing_requirements()
     if missing:
-        print(f"vs_torchjd: skipped, {' and '.join(missing)} not installed (not "
-              f"dependencies of mtl_keras). To run this comparison: {INSTALL_HINT}")
+        verb = "is" if len(missing) == 1 else "are"
+        print(f"vs_torchjd: skipped, {' and '.join(missing)} {verb} not installed "
+              f"(not dependencies of mtl_keras). To run this comparison: "
+              f"{INSTALL_HINT}")
         return 0
     set_threads(args.threads)
     methods = [PLAIN, *[m for m in METHODS

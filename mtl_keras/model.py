@@ -502,7 +502,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         self._track_step(x, step.loss, step.balanced_loss, step.task_losses,
                          step.balance, finite)
         if step.gramian is not None and self._diagnostic_trackers:
-            values = ops.stack(engine.diagnostics(step.gramian, self._cosines()))
+            values = engine.diagnostics(step.gramian, self._cosines())
             self._diagnostic_trackers[0].update_state(
                 values, sample_weight=ops.cast(step.balanced, "float32"))
         logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)

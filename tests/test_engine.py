@@ -196,3 +196,21 @@ def test_stateless_update_is_pure_and_matches_the_stateful_call(name):
         np.testing.assert_allclose(update, expected, rtol=1e-5, atol=1e-6)
         for got, want in zip(pure.get_state(), stateful.get_state()):
             np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_diagnostics_follow_the_names_for_many_tasks():
+    rng = np.random.default_rng(0)
+    jacobian = rng.normal(size=(5, 7)).astype("float32")
+    jacobian[3] = 0.0  # a vanishing gradient: norm 0, cosines 0
+    names = engine.diagnostic_names([f"t{k}" for k in range(5)])
+    values = np.asarray(engine.diagnostics(jacobian @ jacobian.T))
+    norms = np.linalg.norm(jacobian, axis=1)
+    for name, value in zip(names, values, strict=True):
+        if name.startswith("grad_norm_t"):
+            np.testing.assert_allclose(value, norms[int(name[-1])], rtol=1e-5)
+            continue
+        a, b = (int(task[-1]) for task in name[len("grad_cos_"):].split("/"))
+        want = 0.0 if 3 in (a, b) else (
+            jacobian[a] @ jacobian[b] / (norms[a] * norms[b]))
+        np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-6)
+    assert len(engine.diagnostics(jacobian @ jacobian.T, cosines=False)) == 5

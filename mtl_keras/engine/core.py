@@ -273,15 +273,17 @@ def diagnostic_names(task_names, cosines: bool = True) -> list[str]:
     return names
 
 
-def diagnostics(gramian, cosines: bool = True) -> list:
-    """Per-task gradient norms, then (if `cosines`) the pairwise cosines,
-    read from the Gramian."""
+def diagnostics(gramian, cosines: bool = True):
+    """Per-task gradient norms, then (if `cosines`) the pairwise cosines in
+    `itertools.combinations` order, read from the Gramian: one vector, in
+    a few ops whatever K."""
     gramian = ops.cast(gramian, "float32")
-    squared_norms = ops.diagonal(gramian)
-    norms = ops.sqrt(ops.maximum(squared_norms, 0.0))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+    if not cosines:
+        return norms
     num_tasks = gramian.shape[0]
-    values = [norms[k] for k in range(num_tasks)]
-    if cosines:
-        for a, b in itertools.combinations(range(num_tasks), 2):
-            values.append(ops.divide_no_nan(gramian[a, b], norms[a] * norms[b]))
-    return values
+    cosine_matrix = ops.divide_no_nan(gramian, ops.outer(norms, norms))
+    pairs = [a * num_tasks + b
+             for a, b in itertools.combinations(range(num_tasks), 2)]
+    upper = ops.take(ops.reshape(cosine_matrix, (-1,)), np.array(pairs, "int32"))
+    return ops.concatenate([norms, upper])

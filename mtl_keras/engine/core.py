@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, NamedTuple
 
+import numpy as np
 from keras import ops
 
 from mtl_keras.balancers.base import JacobianBalancer

@@ -48,8 +48,12 @@ def make(method, jacobian="loop", update_every=1, jit_compile=False):
         model.compile("sgd", loss="sparse_categorical_crossentropy",
                       jit_compile=jit_compile)
         return model
-    balancer = (EqualWeights(update_every=update_every) if method == "engine"
-                else mtl_keras.balancers.get(method, update_every=update_every))
+    if method == "engine":
+        balancer = EqualWeights(update_every=update_every)
+    elif isinstance(method, str):
+        balancer = mtl_keras.balancers.get(method, update_every=update_every)
+    else:  # a configured instance
+        balancer = method
     model.compile("sgd", loss="sparse_categorical_crossentropy",
                   balancer=balancer, jacobian=jacobian, jit_compile=jit_compile)
     return model

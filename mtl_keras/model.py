@@ -363,6 +363,14 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         """
         return ops.stack(self.compute_task_loss_list(y, y_pred, sample_weight))
 
+    def _engine_task_losses(self, y, y_pred, sample_weight):
+        """The task losses the gradient engine differentiates: the list of
+        `compute_task_loss_list`, or the (K,) tensor of a subclass that
+        overrides `compute_task_losses`."""
+        if type(self).compute_task_losses is MultiTaskModel.compute_task_losses:
+            return self.compute_task_loss_list(y, y_pred, sample_weight)
+        return self.compute_task_losses(y, y_pred, sample_weight)
+
     def compute_task_loss_list(self, y, y_pred, sample_weight=None) -> list:
         """The unweighted per-task losses as a list of K scalars.
 

@@ -380,17 +380,21 @@ class TensorFlowTrainer:
                     x, training=True)
             else:
                 y_pred = model(x, training=True)
-            loss_list = model.compute_task_loss_list(y, y_pred, sample_weight)
-            task_losses = ops.stack(loss_list)
-            task_weights = ops.cast(model.task_weights.values, "float32")
-            # Kept per task for the loop Jacobian (see `jacobian_blocks`).
-            weighted_list = [scale_for_distribution(task_weights[k] * loss)
-                             for k, loss in enumerate(loss_list)]
-            weighted = ops.stack(weighted_list)
+            losses = model._engine_task_losses(y, y_pred, sample_weight)
+            if isinstance(losses, list):
+                # Kept per task for the loop Jacobian (see `jacobian_blocks`).
+                task_weights = ops.cast(model.task_weights.values, "float32")
+                recorded = [scale_for_distribution(task_weights[k] * loss)
+                            for k, loss in enumerate(losses)]
+                task_losses, weighted = ops.stack(losses), ops.stack(recorded)
+            else:
+                task_losses = losses
+                weighted = scale_for_distribution(model.task_weights(task_losses))
+                recorded = weighted
             regularization = (scale_for_distribution(model._regularization_loss())
                               if model.losses else None)
         result = balanced_gradients(
-            tape, weighted_list if model._jacobian_method == "loop" else weighted,
+            tape, recorded if model._jacobian_method == "loop" else weighted,
             model.shared_variables, model.head_variables,
             model.balancer, representation=representation,
             regularization=regularization, loss_scale=self.loss_scale(),

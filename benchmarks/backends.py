@@ -8,7 +8,9 @@ JAX, pfor on TensorFlow). Ratios are to the plain model measured in the same
 run. `--update-every 1,8` adds the amortised rows of `update_every=N`;
 `--jit-compile` compiles every step with XLA. "first step" is the wall time
 of the first one-batch `fit` (tracing, plus XLA compilation with
-`--jit-compile`). Pick the backend with `KERAS_BACKEND`:
+`--jit-compile`); "ms/step" the median over `--rounds` epochs of the mean
+`train_function` time (steps 8 apart cover whole `update_every` cycles).
+Pick the backend with `KERAS_BACKEND`:
 
     KERAS_BACKEND=jax python benchmarks/backends.py --steps 20
     KERAS_BACKEND=tensorflow python benchmarks/backends.py --steps 20 \
@@ -59,15 +61,35 @@ def make(method, jacobian="loop", update_every=1, jit_compile=False):
     return model
 
 
-def time_fit(model, x, y, steps, batch):
-    """`(first one-batch fit in s, ms per step of the next epoch)`."""
+class _StepClock(keras.callbacks.Callback):
+    """The wall time of every `train_function` call of `fit`."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def time_fit(model, x, y, steps, batch, rounds=3):
+    """`(first one-batch fit in s, ms per step)`: the median over `rounds`
+    of the mean step time of `steps` steps (a mean, so that `update_every`
+    rows are amortised over their refresh cycles)."""
     start = time.perf_counter()
     model.fit(x[:batch], {k: v[:batch] for k, v in y.items()}, batch_size=batch,
               epochs=1, verbose=0)
     first = time.perf_counter() - start
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    return first, (time.perf_counter() - start) / steps * 1000
+    means = []
+    for _ in range(rounds):
+        clock = _StepClock()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[clock])
+        means.append(1000 * float(np.mean(clock.seconds[:steps])))
+    return first, float(np.median(means))
 
 
 def main(argv=None) -> int:
@@ -79,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--update-every", default="1",
                         help="comma-separated N of update_every=N")
     parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = args.steps * args.batch
@@ -92,14 +115,15 @@ def main(argv=None) -> int:
           "ms/step | × plain |")
     print("|---|---|---|---|---|---|---|")
     first_plain, plain = time_fit(make("plain", jit_compile=args.jit_compile),
-                                  x, y, args.steps, args.batch)
+                                  x, y, args.steps, args.batch, args.rounds)
     print(f"| plain keras.Model | - | - | {first_plain:.1f} | 1.00 | {plain:.1f} "
           "| 1.00 |", flush=True)
     for method in args.methods.split(","):
         for jacobian in args.jacobians.split(","):
             for every in (int(n) for n in args.update_every.split(",")):
                 model = make(method, jacobian, every, args.jit_compile)
-                first, ms = time_fit(model, x, y, args.steps, args.batch)
+                first, ms = time_fit(model, x, y, args.steps, args.batch,
+                                     args.rounds)
                 print(f"| {method} | {jacobian} | {every} | {first:.1f} | "
                       f"{first / first_plain:.2f} | {ms:.1f} | {ms / plain:.2f} |",
                       flush=True)

@@ -431,6 +431,8 @@ class JaxTrainer:
         _check_balancer(model.balancer, model._jacobian_method,
                         has_representation=True)
         trunk_model, heads_model = self._split_models()
+        # Arrays, not NumPy: a functional call refuses a mix of the two.
+        x = keras.tree.map_structure(ops.convert_to_tensor, x)
         shared_ids = {id(v) for v in model.shared_variables}
         is_shared = [id(v) in shared_ids for v in model.trainable_variables]
         shared = [t for t, s in zip(trainable, is_shared) if s]

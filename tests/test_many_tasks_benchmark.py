@@ -2,26 +2,12 @@
 (K = 2 and 9, one balancer) whose log-key counts show that
 `compile(diagnostics="auto")` drops the pairwise cosines above 8 tasks."""
 
-import importlib.util
-import pathlib
 import re
-import sys
 
 import pytest
+from _benchmarks import load_benchmark
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    path = REPO_ROOT / "benchmarks" / "many_tasks.py"
-    spec = importlib.util.spec_from_file_location("many_tasks_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-many_tasks = _load_benchmark()
+many_tasks = load_benchmark("many_tasks")
 
 
 def test_sizes_by_hand():

@@ -1,15 +1,11 @@
 """benchmarks/mmoe_synthetic.py: the paper's data construction and a tiny run."""
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
+from _benchmarks import load_benchmark
 
-PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "mmoe_synthetic.py"
-spec = importlib.util.spec_from_file_location("mmoe_synthetic", PATH)
-benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark)
+benchmark = load_benchmark("mmoe_synthetic")
 
 
 @pytest.mark.parametrize("correlation", [0.5, 0.9, 1.0])

@@ -3,7 +3,6 @@ on single pixels and on real digits), the reference LeNet's initialisation and
 unscaled dropout, the in-memory pipeline, the learning-rate schedule, curves and
 resuming after a run was killed while writing its line."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+from _benchmarks import load_benchmark
 
 from mtl_keras import architectures, compare
 from mtl_keras.compare import SINGLE_TASK, RunRecord
@@ -203,11 +203,7 @@ def test_resume_drops_a_partial_last_line(tmp_path):
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "multi_mnist_benchmark", REPO_ROOT / "benchmarks" / "multi_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("multi_mnist")
 
 
 def test_fidelity_gate_by_hand():

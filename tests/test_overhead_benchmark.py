@@ -1,29 +1,14 @@
 """Tests of `benchmarks/overhead.py`: its derived labels, goals and report
 logic, and a tiny end-to-end run of the command (K=2, two balancers)."""
 
-import importlib.util
 import math
-import pathlib
 import re
-import sys
 
 import numpy as np
 import pytest
+from _benchmarks import load_benchmark
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    path = REPO_ROOT / "benchmarks" / "overhead.py"
-    spec = importlib.util.spec_from_file_location("overhead_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-overhead = _load_benchmark()
+overhead = load_benchmark("overhead")
 
 
 def test_goals_follow_the_issue():

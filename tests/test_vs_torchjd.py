@@ -7,21 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from _benchmarks import load_benchmark
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "benchmarks" / "vs_torchjd.py"
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("vs_torchjd_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-vs_torchjd = _load_benchmark()
+vs_torchjd = load_benchmark("vs_torchjd")
 
 
 def test_without_torch_it_says_what_to_install_and_exits_0(tmp_path):

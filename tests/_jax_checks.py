@@ -380,6 +380,40 @@ def check_tfds_builder_trains():
     return [history["loss"][0], history["loss"][-1]]
 
 
+def famo_post_step():
+    """FAMO's second forward pass, on a trunk with batch norm and dropout held
+    still by SGD at rate 0: `[max |FAMO logit|, max |Δ| between the
+    non-trainable weights and those of the same fit with equal weights]`.
+    Both are 0 when the pass after the step sees the step's own training-mode
+    forward (same dropout masks) and changes no state."""
+    x, y = data()
+
+    def fit(balancer):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        hidden = keras.layers.BatchNormalization()(hidden)
+        features = keras.layers.Dropout(0.5)(hidden)
+        model = mtl_keras.MultiTaskModel(inputs, {
+            "a": keras.layers.Dense(1, name="a")(features),
+            "b": keras.layers.Dense(3, name="b")(features)}, shared=features)
+        model.compile(keras.optimizers.SGD(0.0), loss=LOSSES, balancer=balancer)
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    famo, equal = fit("famo"), fit("ew")
+    batch_norm = [np.asarray(v) for m in (famo, equal)
+                  for v in m.layers[2].non_trainable_variables]
+    half = len(batch_norm) // 2
+    return [float(np.max(np.abs(np.asarray(famo.balancer.logits)))),
+            max(float(np.max(np.abs(a - b)))
+                for a, b in zip(batch_norm[:half], batch_norm[half:]))]
+
+
+def check_famo_post_step():
+    return famo_post_step()
+
+
 def data_parallel_gap():
     """Max |Δ| between trainable weights trained on 2 devices
     (`keras.distribution.DataParallel`) and on one, per balancer."""

@@ -214,3 +214,18 @@ def test_diagnostics_follow_the_names_for_many_tasks():
             jacobian[a] @ jacobian[b] / (norms[a] * norms[b]))
         np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-6)
     assert len(engine.diagnostics(jacobian @ jacobian.T, cosines=False)) == 5
+
+
+def test_famo_measures_the_update_on_the_steps_own_forward_pass():
+    """FAMO compares the batch's losses before and after the step: the second
+    pass must be the step's training-mode pass (same dropout masks, batch
+    statistics) and change no state. With the model held still (SGD at rate
+    0) the two losses are then equal, the logits stay 0 and batch norm's
+    moving statistics are those of one update per step. (Inference mode
+    here moved the logits by ~0.1 in four steps and, on MultiMNIST with
+    dropout, let one task's weight collapse.)"""
+    import _jax_checks
+
+    largest_logit, batch_norm_gap = _jax_checks.famo_post_step()
+    assert largest_logit == 0.0
+    assert batch_norm_gap == 0.0

@@ -87,6 +87,11 @@ def test_every_balancer_trains_on_jax_with_the_same_logs(jax_results):
             assert {"grad_norm_a", "grad_norm_b"} <= set(keys), (name, keys)
 
 
+def test_famo_measures_the_update_on_the_steps_own_forward_pass(jax_results):
+    # See tests/test_engine.py: logits still, one batch-norm update per step.
+    assert jax_results["results"]["check_famo_post_step"] == [0.0, 0.0]
+
+
 def test_vmap_and_loop_jacobians_agree(jax_results):
     assert jax_results["results"]["check_jacobian_methods_agree"] < 1e-5
 

@@ -23,7 +23,8 @@ class FAMO(LossBalancer):
 
     which is what `compute_weights` returns (gradient stopped) and what the
     default `total_loss` sums. After the optimizer step the model recomputes
-    the losses on the same batch and calls
+    the losses on the same batch, in training mode as the reference does,
+    and calls
     `update_after_step(losses_before, losses_after)`: with
     `δ_k = log D_k(before) − log D_k(after)`, the gradient of ξ is the
     softmax Jacobian applied to δ, `z ⊙ (δ − zᵀδ)`, plus the weight decay
@@ -31,8 +32,10 @@ class FAMO(LossBalancer):
 
     Missing labels: a task with `L_k ≤ L*_k` (for instance a loss of 0 on a
     batch without its labels) would get `D_k = ε` and take all the weight;
-    here it gets weight 0 and `δ_k = 0` instead. Otherwise the formulas are
-    the reference's. Gradient clipping (the reference's `max_norm`) is the
+    here it gets weight 0 and `δ_k = 0` instead. The pass after the step
+    reuses the step's own dropout masks and changes no state (the
+    reference draws new masks and updates batch norm twice), so δ measures
+    the update alone. Otherwise the formulas are the reference's. Gradient clipping (the reference's `max_norm`) is the
     optimizer's job (`clipnorm`).
 
     Args:

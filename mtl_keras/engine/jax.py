@@ -343,7 +343,7 @@ class JaxTrainer:
             finite, grads, trainable, optimizer_values)
         if getattr(self.model.balancer, "needs_post_step_losses", False):
             non_trainable = self.post_step_update(
-                new_trainable, non_trainable, x, y, sample_weight,
+                new_trainable, state[1], non_trainable, x, y, sample_weight,
                 weighted, finite)
         logs, non_trainable, metrics_values = self.finish(
             x, y, sample_weight, step, non_trainable, metrics_values)
@@ -529,12 +529,18 @@ class JaxTrainer:
             self._split = (trunk, heads)
         return self._split
 
-    def post_step_update(self, trainable, non_trainable, x, y, sample_weight,
-                         losses_before, finite):
-        """FAMO-style: the same batch's losses after the optimizer step."""
+    def post_step_update(self, trainable, state_before, non_trainable, x, y,
+                         sample_weight, losses_before, finite):
+        """FAMO-style: the same batch's losses after the optimizer step.
+
+        The second forward pass runs in training mode from `state_before`
+        (the non-trainable values the step started from: the step's own
+        dropout masks) and its new state is dropped (no second batch-norm
+        update), so the two losses differ only by the optimizer's update.
+        The balancer's update lands on `non_trainable`, the step's state.
+        """
         model = self.model
-        after = self.forward(trainable, non_trainable, x, y, sample_weight,
-                             training=False).weighted
+        after = self.forward(trainable, state_before, x, y, sample_weight).weighted
         before = ops.stop_gradient(losses_before)
         apply = ops.logical_and(finite, ops.all(ops.isfinite(after)))
         mapping = list(zip(model.non_trainable_variables, non_trainable))

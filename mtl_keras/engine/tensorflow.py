@@ -347,6 +347,11 @@ class TensorFlowTrainer:
 
     def loss_step(self, x, y, sample_weight) -> core.TrainStep:
         model = self.model
+        post_step = getattr(model.balancer, "needs_post_step_losses", False)
+        if post_step:
+            # Read before the forward pass advances the dropout seeds.
+            state_before = [tf.identity(v.value)
+                            for v in model.non_trainable_variables]
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             task_losses = model.compute_task_losses(y, y_pred, sample_weight)
@@ -363,8 +368,9 @@ class TensorFlowTrainer:
         finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
         finite = ops.all(finite_tasks)
         self.apply_if_finite(finite, grads)
-        if getattr(model.balancer, "needs_post_step_losses", False):
-            self.post_step_update(x, y, sample_weight, weighted, finite)
+        if post_step:
+            self.post_step_update(x, y, sample_weight, weighted, finite,
+                                  state_before)
         return core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=balance,
             loss=ops.sum(weighted) + regularization,
@@ -427,12 +433,22 @@ class TensorFlowTrainer:
             return
         ops.cond(finite, lambda: optimizer.apply(grads, trainable), lambda: None)
 
-    def post_step_update(self, x, y, sample_weight, losses_before, finite) -> None:
-        """FAMO-style: the same batch's losses after the optimizer step."""
+    def post_step_update(self, x, y, sample_weight, losses_before, finite,
+                         state_before) -> None:
+        """FAMO-style: the same batch's losses after the optimizer step.
+
+        The second forward pass runs in training mode from `state_before`
+        (the non-trainable values the step started from), inside a
+        `keras.StatelessScope`: it draws the step's own dropout masks and
+        changes no state (no second batch-norm update), so the two losses
+        differ only by the optimizer's update.
+        """
         model = self.model
-        y_pred = model(x, training=False)
-        losses_after = model.task_weights(
-            model.compute_task_losses(y, y_pred, sample_weight))
+        mapping = list(zip(model.non_trainable_variables, state_before))
+        with keras.StatelessScope(state_mapping=mapping):
+            y_pred = model(x, training=True)
+            losses_after = model.task_weights(
+                model.compute_task_losses(y, y_pred, sample_weight))
         losses_before = all_reduce_sum(
             scale_for_distribution(ops.stop_gradient(losses_before)))
         losses_after = all_reduce_sum(

@@ -35,8 +35,9 @@ class FAMO(LossBalancer):
     here it gets weight 0 and `δ_k = 0` instead. The pass after the step
     reuses the step's own dropout masks and changes no state (the
     reference draws new masks and updates batch norm twice), so δ measures
-    the update alone. Otherwise the formulas are the reference's. Gradient clipping (the reference's `max_norm`) is the
-    optimizer's job (`clipnorm`).
+    the update alone. Otherwise the formulas are the reference's. Gradient
+    clipping (the reference's `max_norm`) is the optimizer's job
+    (`clipnorm`).
 
     Args:
         gamma: Weight decay γ of the logits (1e-3; the paper uses 1e-2 on

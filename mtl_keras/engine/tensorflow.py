@@ -55,6 +55,21 @@ def replica_mean(value):
     return value if count == 1 else all_reduce_sum(value) / count
 
 
+def global_value_local_gradient(value):
+    """`value` with its mean over replicas as value and its own gradient.
+
+    A loss balancer's total is not always linear in the task losses (GLS's
+    geometric mean, FAMO's weights `∝ 1 / L_k`): computed on each replica's
+    losses and summed, it is not the total of the global batch. Computed on
+    this instead, each replica's total is the global one and the summed
+    gradients are the global total's. Identity on one device.
+    """
+    if num_replicas() == 1:
+        return value
+    local = ops.stop_gradient(value)
+    return replica_mean(local) + (value - local)
+
+
 # ------------------------------------------------------------ the Jacobian
 
 def _zeros_for_none(grads, targets) -> list:
@@ -356,7 +371,8 @@ class TensorFlowTrainer:
             y_pred = model(x, training=True)
             task_losses = model.compute_task_losses(y, y_pred, sample_weight)
             weighted = model.task_weights(task_losses)
-            total, balance = model._balanced_total(weighted)
+            total, balance = model._balanced_total(
+                global_value_local_gradient(weighted))
             regularization = model._regularization_loss()
             loss = scale_for_distribution(total + regularization)
             scaled_loss = model.optimizer.scale_loss(loss)

@@ -349,6 +349,12 @@ PROTOCOL_SOURCES = (
      "only parameter file. It is written for CelebA, and the repository gives no "
      "MultiMNIST file, so these three values are our assumption",
      "`sample.json` lines 2-4; optimiser choices `train_multi_task.py` lines 59-64"),
+    ("MGDA-UB", "task gradients over the trunk's 50-unit output, no gradient "
+     "normalisation (`normalization=\"none\"`: the script calls it optional and "
+     "'not included in the paper'; the CelebA `sample.json` sets `loss+`), "
+     "min-norm weights applied to the raw task losses; the update pass reuses "
+     "the gradient pass's dropout masks (ours: one forward pass for both)",
+     "`train_multi_task.py` lines 113-182"),
     ("Reported accuracy", "test accuracy after the last (100th) epoch; the "
      "paper does not say which epoch it reports", "ours"),
 )

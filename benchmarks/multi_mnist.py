@@ -76,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, or 'all': every registered "
-                        "balancer (aliases of the same configuration once) "
-                        "and dwa")
+                        "balancer (aliases of the same configuration once), "
+                        "dwa and the VARIANTS (mgda-ub-loss+)")
     parser.add_argument("--stage", default="run",
                         choices=("run", "gate", "tune", "seeds", "report"),
                         help="run: train --methods; gate: exit 0 when the "
@@ -312,6 +312,19 @@ def check_throughput(record, throughput, data, args) -> None:
 TUNED_STATIC = "tuned-static"
 #: Rows seeded 3 times whatever seed 0 gives (plus the two best methods).
 SEEDED_FIXED = ("ew", TUNED_STATIC, "mgda-ub")
+
+
+def _mgda_ub_as_trained_by_sener():
+    from mtl_keras.balancers import MGDA
+
+    return MGDA(mode="rep", normalization="loss+", rescale=False)
+
+
+#: Configured variants of registered methods, trained by `--methods all`
+#: after them: MGDA-UB as the reference repository's only parameter file
+#: (`sample.json`, `"normalization_type": "loss+"`) and training script
+#: (weights on the raw losses) run it.
+VARIANTS = {"mgda-ub-loss+": _mgda_ub_as_trained_by_sener}
 NUM_SEEDS = 3
 NUM_BEST = 2
 
@@ -480,12 +493,12 @@ def best_methods(records, exclude, count: int) -> list[str]:
 
 def planned_runs(records) -> int:
     """Runs of the whole programme: gate, every method, tuned static, seeds."""
-    return (2 + len(all_methods()) + 1
+    return (2 + len(all_methods()) + len(VARIANTS) + 1
             + (NUM_SEEDS - 1) * (2 + len(SEEDED_FIXED) + NUM_BEST))
 
 
 def method_order(records) -> list[str]:
-    order = [m for m in ["ew", TUNED_STATIC, "mgda-ub", *all_methods()]
+    order = [m for m in ["ew", TUNED_STATIC, "mgda-ub", *VARIANTS, *all_methods()]
              if any(r.method == m for r in records)]
     return list(dict.fromkeys(order))
 
@@ -714,7 +727,7 @@ def run_sener2018(args, data, command: str) -> int:
     if args.stage == "tune" or (args.stage == "seeds"):
         loss_weights = {TUNED_STATIC: tune_static(data, args)["weights"]}
     if args.stage == "run":
-        methods = (all_methods() if args.methods == "all"
+        methods = ([*all_methods(), *VARIANTS] if args.methods == "all"
                    else [m for m in args.methods.split(",") if m])
         seeds = args.seeds
     elif args.stage == "tune":
@@ -728,7 +741,8 @@ def run_sener2018(args, data, command: str) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         log_path=args.log, resume=args.resume,
         progress=lambda line: print(line, flush=True), on_record=on_record,
-        curves=True, before_run=measure, method_loss_weights=loss_weights)
+        curves=True, before_run=measure, method_loss_weights=loss_weights,
+        method_balancers=VARIANTS)
     report()
     print(f"Wrote {args.out}.")
     return 0
@@ -781,7 +795,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         log_path=args.log, resume=args.resume,
         progress=lambda line: print(line, flush=True), on_record=report,
-        curves=args.curves, before_run=measure,
+        curves=args.curves, before_run=measure, method_balancers=VARIANTS,
     )
     report(result)
     print()

@@ -308,6 +308,7 @@ def train_run(
     learning_rate: float = 1e-3,
     loss_weights: dict | None = None,
     curves: bool = False,
+    make_balancer: Callable[[], object] | None = None,
 ) -> RunRecord:
     """Trains one model and scores it on the test split.
 
@@ -332,6 +333,8 @@ def train_run(
         loss_weights: `{task: weight}` static task weights with no balancer.
         curves: also score the test split after every epoch and keep the
             per-epoch training and test metrics in `RunRecord.history`.
+        make_balancer: builds the balancer to train with instead of the one
+            `method` names (`method` is then only the record's name).
     """
     tasks = tuple(tasks or data.tasks)
     timer = _EpochTimer()
@@ -340,7 +343,7 @@ def train_run(
     try:
         scores, history = _fit_and_score(
             data, method, seed, epochs, tasks, batch_size, learning_rate, timer,
-            loss_weights, curves)
+            loss_weights, curves, make_balancer)
         error = None
     except Exception as exception:  # noqa: BLE001 - recorded in the result
         error = traceback.format_exception_only(
@@ -365,12 +368,15 @@ def learning_rate_callbacks(data: BenchmarkData, learning_rate: float) -> list:
 
 
 def _fit_and_score(data, method, seed, epochs, tasks, batch_size, learning_rate,
-                   timer, loss_weights=None, curves=False) -> tuple:
+                   timer, loss_weights=None, curves=False,
+                   make_balancer=None) -> tuple:
     from mtl_keras.datasets.multi_mnist import in_memory_batches
 
     keras.utils.set_random_seed(seed)
     if loss_weights is not None:
         balancer, callbacks = None, []
+    elif make_balancer is not None:
+        balancer, callbacks = make_balancer(), []
     else:
         balancer, callbacks = _balancer_and_callbacks(method)
     model = data.build_model(tasks)
@@ -648,6 +654,7 @@ def compare(
     protocol: str | None = None,
     curves: bool = False,
     method_loss_weights: dict | None = None,
+    method_balancers: dict | None = None,
     extra_settings: dict | None = None,
     before_run: Callable[[str, int], None] | None = None,
 ) -> CompareResult:
@@ -675,6 +682,9 @@ def compare(
         method_loss_weights: `{method: {task: weight}}`: methods trained with
             these static weights and no balancer (e.g. tuned weights); their
             names need not be registered.
+        method_balancers: `{method: function returning a balancer}`: methods
+            trained with the balancer the function builds (e.g. a registered
+            method with other arguments); their names need not be registered.
         extra_settings: more entries of the settings every logged run must
             share to be resumed.
         before_run: called with `(method, seed)` before each run is trained.
@@ -683,8 +693,9 @@ def compare(
         A `CompareResult`.
     """
     method_loss_weights = dict(method_loss_weights or {})
-    check_methods([m for m in methods if m not in method_loss_weights]
-                  or ["ew"])
+    method_balancers = dict(method_balancers or {})
+    check_methods([m for m in methods if m not in method_loss_weights
+                   and m not in method_balancers] or ["ew"])
     methods = [str(m).strip() for m in methods]
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if isinstance(data, str):
@@ -713,7 +724,8 @@ def compare(
         if before_run is not None:
             before_run(method, seed)
         record = train_run(data, method, seed, epochs, tasks, batch_size,
-                           learning_rate, method_loss_weights.get(method), curves)
+                           learning_rate, method_loss_weights.get(method), curves,
+                           method_balancers.get(method))
         records.append(record)
         if log_path is not None:
             with open(log_path, "a", encoding="utf-8") as handle:

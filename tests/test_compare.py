@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mtl_keras import compare, metrics
+from mtl_keras import balancers, compare, metrics
 from mtl_keras.compare import SINGLE_TASK, CompareResult, RunRecord
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -247,6 +247,17 @@ def test_runs_are_deterministic_by_seed():
     assert first.error is None
     assert first.metrics == again.metrics
     assert first.metrics != other.metrics
+
+
+def test_method_balancers_train_a_configured_balancer_under_its_own_name():
+    copy = "mgda-ub as a factory"
+    result = compare.compare(
+        "shapes", ["mgda_ub", copy], seeds=[3], epochs=1, train_size=64,
+        test_size=64, batch_size=32, progress=None,
+        method_balancers={copy: lambda: balancers.get("mgda_ub")})
+    by_method = {r.method: r for r in result.records}
+    assert by_method[copy].error is None
+    assert by_method[copy].metrics == by_method["mgda_ub"].metrics
 
 
 def test_training_error_is_recorded():

@@ -122,7 +122,8 @@ def test_every_name_resolves_and_round_trips_its_config(name):
 @pytest.mark.parametrize(
     "name, config",
     [
-        ("mgda", {"normalization": "loss+", "iterations": 50, "mode": "rep"}),
+        ("mgda", {"normalization": "loss+", "iterations": 50, "mode": "rep",
+                  "rescale": False}),
         ("pcgrad", {"shuffle": False, "seed": 3}),
         ("cagrad", {"c": 0.5, "rescale": 2, "iterations": 100}),
         ("imtl_g", {"rtol": 1e-5}),
@@ -206,6 +207,22 @@ def test_imtl_g_weights_match_torchjd_example():
 )
 def test_mgda_normalizations_on_orthogonal_gradients(normalization, losses, expected):
     balancer = make("mgda", 2, normalization=normalization)
+    gramian = np.diag([1.0, 4.0]).astype("float32")
+    weights = balancer.balance(np.float32(losses), gramian).numpy()
+    np.testing.assert_allclose(weights, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "normalization, losses, expected",
+    [
+        ("none", [1.0, 1.0], [0.8, 0.2]),
+        ("l2", [1.0, 1.0], [0.5, 0.5]),  # λ = (½, ½) on unit gradients
+        ("loss+", [2.0, 1.0], [0.8, 0.2]),  # scales (2, 2): λ of the raw Gramian
+    ],
+)
+def test_mgda_without_rescale_puts_lambda_on_the_raw_losses(
+        normalization, losses, expected):
+    balancer = make("mgda", 2, normalization=normalization, rescale=False)
     gramian = np.diag([1.0, 4.0]).astype("float32")
     weights = balancer.balance(np.float32(losses), gramian).numpy()
     np.testing.assert_allclose(weights, expected, atol=1e-6)

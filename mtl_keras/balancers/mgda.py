@@ -41,9 +41,10 @@ class MGDA(GramianBalancer):
         M̂_ij = M_ij / (n_i n_j),
 
     and returns `w_k = λ_k / n_k`, so that the update `wᵀJ = Σ λ_k ĝ_k` is
-    the min-norm point itself (as LibMTL applies it; Sener's training script
-    instead puts `λ` on the raw losses, which only differs when
-    `normalization != "none"`). The solver is Frank–Wolfe with exact line
+    the min-norm point itself (as LibMTL applies it). With `rescale=False`
+    it returns `λ` itself, put on the raw losses as Sener & Koltun's
+    training script does; the two differ only when
+    `normalization != "none"`. The solver is Frank–Wolfe with exact line
     search (closed form for two tasks) followed by exact active-set rounds,
     all in-graph (see `solvers.min_norm_simplex`).
 
@@ -53,6 +54,8 @@ class MGDA(GramianBalancer):
     Args:
         normalization: `"none"` (default), `"l2"`, `"loss"` or `"loss+"`.
         iterations: Frank–Wolfe iterations (Sener's code caps them at 250).
+        rescale: Whether the weights are `λ_k / n_k` (True, the default) or
+            `λ_k` (False, the reference training script's choice).
         mode: `"params"` or `"rep"`, see `GradientBalancer`.
 
     Example:
@@ -67,6 +70,7 @@ class MGDA(GramianBalancer):
         self,
         normalization: str = "none",
         iterations: int = 250,
+        rescale: bool = True,
         mode: str = "params",
         name: str | None = None,
         **kwargs,
@@ -79,15 +83,18 @@ class MGDA(GramianBalancer):
             )
         self.normalization = normalization
         self.iterations = int(iterations)
+        self.rescale = bool(rescale)
 
     def compute_weights(self, task_losses, gramian):
         scales = gradient_normalizers(task_losses, gramian, self.normalization)
         normalized = gramian / ops.outer(scales, scales)
-        return min_norm_simplex(normalized, self.iterations) / scales
+        weights = min_norm_simplex(normalized, self.iterations)
+        return weights / scales if self.rescale else weights
 
     def get_config(self) -> dict:
         return {
             **super().get_config(),
             "normalization": self.normalization,
             "iterations": self.iterations,
+            "rescale": self.rescale,
         }

@@ -330,6 +330,7 @@ class JaxTrainer:
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metrics_values = state
+        state_before = non_trainable
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         loss_scale = self.loss_scale(optimizer_values)
         if isinstance(self.model.balancer, GradientBalancer):
@@ -343,7 +344,7 @@ class JaxTrainer:
             finite, grads, trainable, optimizer_values)
         if getattr(self.model.balancer, "needs_post_step_losses", False):
             non_trainable = self.post_step_update(
-                new_trainable, state[1], non_trainable, x, y, sample_weight,
+                new_trainable, state_before, non_trainable, x, y, sample_weight,
                 weighted, finite)
         logs, non_trainable, metrics_values = self.finish(
             x, y, sample_weight, step, non_trainable, metrics_values)

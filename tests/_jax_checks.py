@@ -380,7 +380,7 @@ def check_tfds_builder_trains():
     return [history["loss"][0], history["loss"][-1]]
 
 
-def famo_post_step():
+def check_famo_post_step():
     """FAMO's second forward pass, on a trunk with batch norm and dropout held
     still by SGD at rate 0: `[max |FAMO logit|, max |Δ| between the
     non-trainable weights and those of the same fit with equal weights]`.
@@ -402,16 +402,11 @@ def famo_post_step():
         return model
 
     famo, equal = fit("famo"), fit("ew")
-    batch_norm = [np.asarray(v) for m in (famo, equal)
-                  for v in m.layers[2].non_trainable_variables]
-    half = len(batch_norm) // 2
+    batch_norm = zip(famo.layers[2].non_trainable_variables,
+                     equal.layers[2].non_trainable_variables)
     return [float(np.max(np.abs(np.asarray(famo.balancer.logits)))),
-            max(float(np.max(np.abs(a - b)))
-                for a, b in zip(batch_norm[:half], batch_norm[half:]))]
-
-
-def check_famo_post_step():
-    return famo_post_step()
+            max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in batch_norm)]
 
 
 def data_parallel_gap():

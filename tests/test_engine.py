@@ -226,6 +226,6 @@ def test_famo_measures_the_update_on_the_steps_own_forward_pass():
     dropout, let one task's weight collapse.)"""
     import _jax_checks
 
-    largest_logit, batch_norm_gap = _jax_checks.famo_post_step()
+    largest_logit, batch_norm_gap = _jax_checks.check_famo_post_step()
     assert largest_logit == 0.0
     assert batch_norm_gap == 0.0

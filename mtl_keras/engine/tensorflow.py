@@ -371,8 +371,8 @@ class TensorFlowTrainer:
             y_pred = model(x, training=True)
             task_losses = model.compute_task_losses(y, y_pred, sample_weight)
             weighted = model.task_weights(task_losses)
-            total, balance = model._balanced_total(
-                global_value_local_gradient(weighted))
+            replicas_weighted = global_value_local_gradient(weighted)
+            total, balance = model._balanced_total(replicas_weighted)
             regularization = model._regularization_loss()
             loss = scale_for_distribution(total + regularization)
             scaled_loss = model.optimizer.scale_loss(loss)
@@ -385,8 +385,8 @@ class TensorFlowTrainer:
         finite = ops.all(finite_tasks)
         self.apply_if_finite(finite, grads)
         if post_step:
-            self.post_step_update(x, y, sample_weight, weighted, finite,
-                                  state_before)
+            self.post_step_update(x, y, sample_weight, replicas_weighted,
+                                  finite, state_before)
         return core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=balance,
             loss=ops.sum(weighted) + regularization,
@@ -457,7 +457,8 @@ class TensorFlowTrainer:
         (the non-trainable values the step started from), inside a
         `keras.StatelessScope`: it draws the step's own dropout masks and
         changes no state (no second batch-norm update), so the two losses
-        differ only by the optimizer's update.
+        differ only by the optimizer's update. `losses_before` are already
+        the mean over replicas; the losses after are averaged here.
         """
         model = self.model
         mapping = list(zip(model.non_trainable_variables, state_before))
@@ -465,10 +466,8 @@ class TensorFlowTrainer:
             y_pred = model(x, training=True)
             losses_after = model.task_weights(
                 model.compute_task_losses(y, y_pred, sample_weight))
-        losses_before = all_reduce_sum(
-            scale_for_distribution(ops.stop_gradient(losses_before)))
-        losses_after = all_reduce_sum(
-            scale_for_distribution(ops.stop_gradient(losses_after)))
+        losses_before = ops.stop_gradient(losses_before)
+        losses_after = replica_mean(ops.stop_gradient(losses_after))
         core.guarded_post_step(
             model.balancer, losses_before, losses_after,
             ops.logical_and(finite, ops.all(ops.isfinite(losses_after))))

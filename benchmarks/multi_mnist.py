@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="train only this seed of the stage's seeds (to "
+                        "split a stage between processes, one per core: "
+                        "give each its own seed)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, or 'all': every registered "
                         "balancer (aliases of the same configuration once), "
@@ -703,6 +707,21 @@ bf5bbb3, the authors' reference implementation) unless marked otherwise.
     args.out.write_text(report.rstrip() + "\n", encoding="utf-8")
 
 
+def stage_plan(args, records) -> tuple[list[str], list[int]]:
+    """The methods and seeds a `run`, `tune` or `seeds` stage trains."""
+    if args.stage == "run":
+        methods = ([*all_methods(), *VARIANTS] if args.methods == "all"
+                   else [m for m in args.methods.split(",") if m])
+        seeds = list(range(args.seeds))
+    elif args.stage == "tune":
+        methods, seeds = [TUNED_STATIC], [0]
+    else:  # seeds
+        best = best_methods(records, SEEDED_FIXED, NUM_BEST)
+        print(f"Two best methods of seed 0 (by Δm%): {best}", flush=True)
+        methods, seeds = [*SEEDED_FIXED, *best], list(range(NUM_SEEDS))
+    return methods, (seeds if args.seed is None else [args.seed])
+
+
 def run_sener2018(args, data, command: str) -> int:
     """The stages of the sener2018 programme (see `--stage`)."""
     from mtl_keras import compare
@@ -726,16 +745,7 @@ def run_sener2018(args, data, command: str) -> int:
     loss_weights = {}
     if args.stage == "tune" or (args.stage == "seeds"):
         loss_weights = {TUNED_STATIC: tune_static(data, args)["weights"]}
-    if args.stage == "run":
-        methods = ([*all_methods(), *VARIANTS] if args.methods == "all"
-                   else [m for m in args.methods.split(",") if m])
-        seeds = args.seeds
-    elif args.stage == "tune":
-        methods, seeds = [TUNED_STATIC], [0]
-    else:  # seeds
-        best = best_methods(records, SEEDED_FIXED, NUM_BEST)
-        print(f"Two best methods of seed 0 (by Δm%): {best}", flush=True)
-        methods, seeds = [*SEEDED_FIXED, *best], NUM_SEEDS
+    methods, seeds = stage_plan(args, records)
     compare.compare(
         data, methods, seeds=seeds, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate,

@@ -6,6 +6,9 @@
 # Usage (from the repository root):
 #   setsid nohup taskset -c 1 bash benchmarks/multi_mnist_sener2018.sh \
 #       >> benchmarks/results/multi_mnist_sener2018_run.log 2>&1 &
+# To use both cores for the seeded rows, run `--stage seeds --seed 1` and
+# `--stage seeds --seed 2` as two such processes (`taskset -c 0` and `-c 1`):
+# each process reads the log once, when it starts, so give them disjoint runs.
 set -u
 cd "$(dirname "$0")/.."
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 TF_CPP_MIN_LOG_LEVEL=2

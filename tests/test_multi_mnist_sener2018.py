@@ -230,3 +230,24 @@ def test_fidelity_gate_by_hand():
                      record("ew", ("left", "right"), [0.99, 0.99])]
     assert bench.best_methods(runs, ("ew",), 1) == ["pcgrad"]
     assert math.isfinite(json.loads(json.dumps(bench.planned_runs(runs))))
+
+
+def test_seeds_stage_plans_the_fixed_rows_and_the_two_best_and_splits_by_seed():
+    bench = _benchmark()
+
+    def record(method, tasks, values):
+        return RunRecord(method, 0, tasks, dict(zip(tasks, values)), 1.0)
+
+    runs = [record(SINGLE_TASK, ("left",), [0.97]),
+            record(SINGLE_TASK, ("right",), [0.96])]
+    runs += [record(method, ("left", "right"), [0.96 - k / 100, 0.95])
+             for k, method in enumerate(["db-mtl", "imtl-l", "pcgrad", "ew"])]
+    args = bench.parse_args(["--protocol", "sener2018", "--stage", "seeds"])
+    assert bench.stage_plan(args, runs) == (
+        ["ew", "tuned-static", "mgda-ub", "db-mtl", "imtl-l"], [0, 1, 2])
+    args = bench.parse_args(["--protocol", "sener2018", "--stage", "seeds",
+                             "--seed", "2"])
+    assert bench.stage_plan(args, runs)[1] == [2]
+    args = bench.parse_args(["--protocol", "sener2018", "--methods", "rlw",
+                             "--seeds", "2"])
+    assert bench.stage_plan(args, runs) == (["rlw"], [0, 1])

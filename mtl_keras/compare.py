@@ -308,7 +308,7 @@ def train_run(
     learning_rate: float = 1e-3,
     loss_weights: dict | None = None,
     curves: bool = False,
-    make_balancer: Callable[[], object] | None = None,
+    make_balancer: Callable[[], balancers.Balancer] | None = None,
 ) -> RunRecord:
     """Trains one model and scores it on the test split.
 
@@ -654,7 +654,7 @@ def compare(
     protocol: str | None = None,
     curves: bool = False,
     method_loss_weights: dict | None = None,
-    method_balancers: dict | None = None,
+    method_balancers: dict[str, Callable[[], balancers.Balancer]] | None = None,
     extra_settings: dict | None = None,
     before_run: Callable[[str, int], None] | None = None,
 ) -> CompareResult:

@@ -27,7 +27,8 @@ def _run(args, env=None, timeout=300):
 
 
 @pytest.mark.parametrize(
-    "balancer", ["none", "uw", "gls", "famo", "mgda", "pcgrad", "upgrad"])
+    "balancer",
+    ["none", "uw", "gls", "si", "imtl_l", "rlw", "famo", "mgda", "pcgrad", "upgrad"])
 def test_mirrored_step_equals_single_device_step(tmp_path, balancer):
     out = tmp_path / "weights.npz"
     result = _run(["mirrored", balancer, str(out)])

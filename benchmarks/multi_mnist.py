@@ -397,13 +397,66 @@ def read_log(path: pathlib.Path) -> list:
     return [RunRecord.from_json(line)[0] for line in lines if line.strip()]
 
 
-def seed0_accuracy(records, method: str) -> dict:
-    """`{task: accuracy %}` of a method's seed-0 run(s) (single-task: both)."""
+def seed_accuracy(records, method: str, seed: int = 0) -> dict:
+    """`{task: accuracy %}` of a method's run(s) of one seed (single-task:
+    both)."""
     found = {}
     for record in records:
-        if record.method == method and record.seed == 0 and record.error is None:
+        if record.method == method and record.seed == seed and record.error is None:
             found.update({t: 100 * v for t, v in record.metrics.items()})
     return found
+
+
+def seed0_accuracy(records, method: str) -> dict:
+    """`{task: accuracy %}` of a method's seed-0 run(s) (single-task: both)."""
+    return seed_accuracy(records, method, 0)
+
+
+def paired_delta_m(records) -> dict:
+    """`{method: {seed: Δm%}}` against the single-task runs of the same seed,
+    for every method with finished runs on two or more such seeds."""
+    from mtl_keras import metrics
+
+    seeds = sorted({r.seed for r in records})
+    found = {}
+    for method in method_order(records):
+        per_seed = {}
+        for seed in seeds:
+            references = seed_accuracy(records, "single-task", seed)
+            ours = seed_accuracy(records, method, seed)
+            if ours and set(ours) == set(references):
+                per_seed[seed] = metrics.delta_m(
+                    ours, references, dict.fromkeys(references, True))
+        if len(per_seed) > 1:
+            found[method] = per_seed
+    return found
+
+
+def paired_table(records) -> str:
+    """Δm% per seed against that seed's single-task runs, and each method's
+    paired difference to tuned static weights and to equal weights (the
+    mean ± std over the seeds both have; negative: the method is better)."""
+    found = paired_delta_m(records)
+    if not found:
+        return "No method has two seeds yet."
+    seeds = sorted({s for per_seed in found.values() for s in per_seed})
+    lines = ["| method | " + " | ".join(f"Δm% seed {s}" for s in seeds)
+             + " | mean ± std | − tuned-static | − ew |",
+             "|---|" + "---:|" * (len(seeds) + 3)]
+    for method, per_seed in found.items():
+        cells = [f"{per_seed[s]:+.2f}" if s in per_seed else "–" for s in seeds]
+        cells.append(_mean_std(list(per_seed.values())))
+        for other in (TUNED_STATIC, "ew"):
+            common = [s for s in per_seed if s in found.get(other, {})]
+            cells.append("–" if method == other or len(common) < 2 else _mean_std(
+                [per_seed[s] - found[other][s] for s in common]))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(values) -> str:
+    """`mean ± std` (population std, as the results table) with signs."""
+    return f"{np.mean(values):+.2f} ± {np.std(values):.2f}"
 
 
 def gate_lines(records) -> tuple[bool | None, list[str]]:
@@ -660,7 +713,9 @@ setsid nohup taskset -c 1 bash benchmarks/multi_mnist_sener2018.sh \\
 # which runs, with --protocol sener2018 --epochs 100 --batch-size 256
 # --learning-rate 0.0005 --resume:
 #   --methods ew --seeds 1   (the fidelity gate), then --stage gate, then
-#   --methods all --seeds 1, --stage tune --seeds 1, --stage seeds;
+#   --methods all --seeds 1, --stage tune --seeds 1, --stage seeds
+#   (this table's seeds 1 and 2: --stage seeds --seed 1 and --seed 2, two
+#   processes, one per core);
 # if the gate fails, the same with --learning-rate 0.001 and its own files
 # (multi_mnist_sener2018_lr0.001*). This file alone:
 python benchmarks/multi_mnist.py --protocol sener2018 --epochs 100 \\
@@ -685,6 +740,14 @@ Other methods run only once the gate is met.
 s/epoch: median training time of an epoch after the first (which traces the
 step function), without the per-epoch test scoring; "first epoch" includes the
 tracing. {tuned}
+
+### Seeds, paired
+
+Δm% of each seeded method against the single-task runs of the same seed, and
+the difference to tuned static weights and to equal weights seed by seed
+(mean ± std over the seeds; below zero the method is ahead):
+
+{paired_table(records)}
 
 ![learning curves]({curves.name})
 

@@ -251,3 +251,29 @@ def test_seeds_stage_plans_the_fixed_rows_and_the_two_best_and_splits_by_seed():
     args = bench.parse_args(["--protocol", "sener2018", "--methods", "rlw",
                              "--seeds", "2"])
     assert bench.stage_plan(args, runs) == (["rlw"], [0, 1])
+
+
+def test_paired_delta_m_compares_each_seed_with_its_own_single_task_runs():
+    bench = _benchmark()
+
+    def record(method, seed, tasks, values):
+        return RunRecord(method, seed, tasks, dict(zip(tasks, values)), 1.0)
+
+    runs = []
+    for seed, single in ((0, 0.90), (1, 0.80)):
+        runs += [record(SINGLE_TASK, seed, ("left",), [single]),
+                 record(SINGLE_TASK, seed, ("right",), [single])]
+    # ew: 1 % behind on seed 0, 2 % behind on seed 1 (relative, both tasks).
+    runs += [record("ew", 0, ("left", "right"), [0.891, 0.891]),
+             record("ew", 1, ("left", "right"), [0.784, 0.784]),
+             record("tuned-static", 0, ("left", "right"), [0.9, 0.9]),
+             record("tuned-static", 1, ("left", "right"), [0.8, 0.8]),
+             record("pcgrad", 0, ("left", "right"), [0.5, 0.5])]  # one seed
+    found = bench.paired_delta_m(runs)
+    assert sorted(found) == ["ew", "tuned-static"]
+    assert found["ew"] == pytest.approx({0: 1.0, 1: 2.0})
+    assert found["tuned-static"] == pytest.approx({0: 0.0, 1: 0.0})
+    table = bench.paired_table(runs).splitlines()
+    assert table[2] == "| ew | +1.00 | +2.00 | +1.50 ± 0.50 | +1.50 ± 0.50 | – |"
+    assert table[3] == ("| tuned-static | +0.00 | +0.00 | +0.00 ± 0.00 | – "
+                        "| -1.50 ± 0.50 |")

@@ -206,28 +206,30 @@ def _benchmark():
     return load_benchmark("multi_mnist")
 
 
+def _record(method, tasks, values, seed=0):
+    """A finished run's record with `{task: value}` test metrics."""
+    return RunRecord(method, seed, tasks, dict(zip(tasks, values)), 1.0)
+
+
 def test_fidelity_gate_by_hand():
     bench = _benchmark()
 
-    def record(method, tasks, values):
-        return RunRecord(method, 0, tasks, dict(zip(tasks, values)), 1.0)
-
-    single = [record(SINGLE_TASK, ("left",), [0.9710]),
-              record(SINGLE_TASK, ("right",), [0.9600])]
+    single = [_record(SINGLE_TASK, ("left",), [0.9710]),
+              _record(SINGLE_TASK, ("right",), [0.9600])]
     met, lines = bench.gate_lines(single)
     assert met is None and "pending" in lines[1]
-    met, _ = bench.gate_lines(single + [record("ew", ("left", "right"),
+    met, _ = bench.gate_lines(single + [_record("ew", ("left", "right"),
                                                [0.9650, 0.9460])])
     assert met is True  # gaps -0.13, +0.10, +0.04, -0.39
-    met, lines = bench.gate_lines(single + [record("ew", ("left", "right"),
+    met, lines = bench.gate_lines(single + [_record("ew", ("left", "right"),
                                                    [0.9650, 0.9440])])
     assert met is False and "NOT within" in lines[1]  # right -0.59
     names = bench.all_methods()
     assert "mgda-ub" in names and names[-1] == "dwa"
     assert "static" not in names and "equal" not in names
-    runs = single + [record("pcgrad", ("left", "right"), [0.97, 0.95]),
-                     record("rlw", ("left", "right"), [0.96, 0.94]),
-                     record("ew", ("left", "right"), [0.99, 0.99])]
+    runs = single + [_record("pcgrad", ("left", "right"), [0.97, 0.95]),
+                     _record("rlw", ("left", "right"), [0.96, 0.94]),
+                     _record("ew", ("left", "right"), [0.99, 0.99])]
     assert bench.best_methods(runs, ("ew",), 1) == ["pcgrad"]
     assert math.isfinite(json.loads(json.dumps(bench.planned_runs(runs))))
 
@@ -235,12 +237,9 @@ def test_fidelity_gate_by_hand():
 def test_seeds_stage_plans_the_fixed_rows_and_the_two_best_and_splits_by_seed():
     bench = _benchmark()
 
-    def record(method, tasks, values):
-        return RunRecord(method, 0, tasks, dict(zip(tasks, values)), 1.0)
-
-    runs = [record(SINGLE_TASK, ("left",), [0.97]),
-            record(SINGLE_TASK, ("right",), [0.96])]
-    runs += [record(method, ("left", "right"), [0.96 - k / 100, 0.95])
+    runs = [_record(SINGLE_TASK, ("left",), [0.97]),
+            _record(SINGLE_TASK, ("right",), [0.96])]
+    runs += [_record(method, ("left", "right"), [0.96 - k / 100, 0.95])
              for k, method in enumerate(["db-mtl", "imtl-l", "pcgrad", "ew"])]
     args = bench.parse_args(["--protocol", "sener2018", "--stage", "seeds"])
     assert bench.stage_plan(args, runs) == (
@@ -256,19 +255,16 @@ def test_seeds_stage_plans_the_fixed_rows_and_the_two_best_and_splits_by_seed():
 def test_paired_delta_m_compares_each_seed_with_its_own_single_task_runs():
     bench = _benchmark()
 
-    def record(method, seed, tasks, values):
-        return RunRecord(method, seed, tasks, dict(zip(tasks, values)), 1.0)
-
     runs = []
     for seed, single in ((0, 0.90), (1, 0.80)):
-        runs += [record(SINGLE_TASK, seed, ("left",), [single]),
-                 record(SINGLE_TASK, seed, ("right",), [single])]
+        runs += [_record(SINGLE_TASK, ("left",), [single], seed),
+                 _record(SINGLE_TASK, ("right",), [single], seed)]
     # ew: 1 % behind on seed 0, 2 % behind on seed 1 (relative, both tasks).
-    runs += [record("ew", 0, ("left", "right"), [0.891, 0.891]),
-             record("ew", 1, ("left", "right"), [0.784, 0.784]),
-             record("tuned-static", 0, ("left", "right"), [0.9, 0.9]),
-             record("tuned-static", 1, ("left", "right"), [0.8, 0.8]),
-             record("pcgrad", 0, ("left", "right"), [0.5, 0.5])]  # one seed
+    runs += [_record("ew", ("left", "right"), [0.891, 0.891], 0),
+             _record("ew", ("left", "right"), [0.784, 0.784], 1),
+             _record("tuned-static", ("left", "right"), [0.9, 0.9], 0),
+             _record("tuned-static", ("left", "right"), [0.8, 0.8], 1),
+             _record("pcgrad", ("left", "right"), [0.5, 0.5], 0)]  # one seed
     found = bench.paired_delta_m(runs)
     assert sorted(found) == ["ew", "tuned-static"]
     assert found["ew"] == pytest.approx({0: 1.0, 1: 2.0})

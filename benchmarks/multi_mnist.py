@@ -407,11 +407,6 @@ def seed_accuracy(records, method: str, seed: int = 0) -> dict:
     return found
 
 
-def seed0_accuracy(records, method: str) -> dict:
-    """`{task: accuracy %}` of a method's seed-0 run(s) (single-task: both)."""
-    return seed_accuracy(records, method, 0)
-
-
 def paired_delta_m(records) -> dict:
     """`{method: {seed: Δm%}}` against the single-task runs of the same seed,
     for every method with finished runs on two or more such seeds."""
@@ -464,7 +459,7 @@ def gate_lines(records) -> tuple[bool | None, list[str]]:
     published accuracies (None while a run is missing), and one line per row."""
     verdicts, lines = [], []
     for method in ("single-task", "ew"):
-        ours = seed0_accuracy(records, method)
+        ours = seed_accuracy(records, method)
         published = dict(zip(("left", "right"), PUBLISHED[method], strict=True))
         cells = []
         for task in ("left", "right"):
@@ -538,10 +533,10 @@ def best_methods(records, exclude, count: int) -> list[str]:
     """The `count` methods of lowest seed-0 Δm% against seed-0 single-task."""
     from mtl_keras import metrics
 
-    references = seed0_accuracy(records, "single-task")
+    references = seed_accuracy(records, "single-task")
     scored = []
     for method in {r.method for r in records} - {"single-task", *exclude}:
-        ours = seed0_accuracy(records, method)
+        ours = seed_accuracy(records, method)
         if set(ours) == set(references) and ours:
             directions = dict.fromkeys(references, True)
             scored.append((metrics.delta_m(ours, references, directions), method))

@@ -407,21 +407,26 @@ def seed_accuracy(records, method: str, seed: int = 0) -> dict:
     return found
 
 
+def seed_delta_m(records, method: str, seed: int = 0) -> float | None:
+    """Δm% of a method's run of one seed against the single-task runs of the
+    same seed; None unless both have finished on every task."""
+    from mtl_keras import metrics
+
+    references = seed_accuracy(records, "single-task", seed)
+    ours = seed_accuracy(records, method, seed)
+    if not ours or set(ours) != set(references):
+        return None
+    return metrics.delta_m(ours, references, dict.fromkeys(references, True))
+
+
 def paired_delta_m(records) -> dict:
     """`{method: {seed: Δm%}}` against the single-task runs of the same seed,
     for every method with finished runs on two or more such seeds."""
-    from mtl_keras import metrics
-
     seeds = sorted({r.seed for r in records})
     found = {}
     for method in method_order(records):
-        per_seed = {}
-        for seed in seeds:
-            references = seed_accuracy(records, "single-task", seed)
-            ours = seed_accuracy(records, method, seed)
-            if ours and set(ours) == set(references):
-                per_seed[seed] = metrics.delta_m(
-                    ours, references, dict.fromkeys(references, True))
+        per_seed = {seed: seed_delta_m(records, method, seed) for seed in seeds}
+        per_seed = {seed: v for seed, v in per_seed.items() if v is not None}
         if len(per_seed) > 1:
             found[method] = per_seed
     return found
@@ -531,16 +536,11 @@ def tune_static(data, args) -> dict:
 
 def best_methods(records, exclude, count: int) -> list[str]:
     """The `count` methods of lowest seed-0 Δm% against seed-0 single-task."""
-    from mtl_keras import metrics
-
-    references = seed_accuracy(records, "single-task")
-    scored = []
-    for method in {r.method for r in records} - {"single-task", *exclude}:
-        ours = seed_accuracy(records, method)
-        if set(ours) == set(references) and ours:
-            directions = dict.fromkeys(references, True)
-            scored.append((metrics.delta_m(ours, references, directions), method))
-    return [method for _, method in sorted(scored)[:count]]
+    others = {r.method for r in records} - {"single-task", *exclude}
+    scores = {method: seed_delta_m(records, method) for method in others}
+    ranked = sorted((score, method) for method, score in scores.items()
+                    if score is not None)
+    return [method for _, method in ranked[:count]]
 
 
 def planned_runs(records) -> int:

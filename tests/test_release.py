@@ -1,11 +1,16 @@
 """The release artefacts: sdist and wheel build, pass `twine check`, install.
 
-The wheel is installed into a fresh virtual environment (with the system's
-site-packages visible, so TensorFlow is not installed again; the wheel itself
-with `--no-deps` and no index) and `mtl-keras demo` runs from that
-environment's `bin/`. A module or data file missing from the package, or a
-broken entry point, fails here rather than on a user's machine. No network:
-`python -m build --no-isolation` uses the installed setuptools and wheel.
+The wheel is installed alone (`--no-deps`, no index) into a fresh virtual
+environment, and `mtl-keras demo` runs from that environment's `bin/`. Its
+dependencies (TensorFlow, Keras, ...) are not installed again: a `.pth` file
+in the new environment adds the site-packages of the interpreter running the
+tests, *after* the environment's own. That works the same whether the suite
+runs in a virtual environment, a conda environment or a system Python (a venv
+built with `system_site_packages=True` would see only the base interpreter's
+packages, not those of the environment the tests run in). A module or data
+file missing from the package, or a broken entry point, fails here rather
+than on a user's machine. No network: `python -m build --no-isolation` uses
+the installed setuptools and wheel.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import site
 import subprocess
 import sys
 import venv
@@ -85,15 +91,55 @@ def test_sdist_and_wheel_carry_the_version_and_pass_twine(dist):
     assert source - packaged == set(), "modules missing from the wheel"
 
 
+def running_site_packages() -> list[str]:
+    """The site-packages directories of the interpreter running the tests."""
+    paths = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        paths.append(site.getusersitepackages())
+    return [path for path in paths if os.path.isdir(path)]
+
+
+def fresh_environment(env_dir: pathlib.Path) -> pathlib.Path:
+    """A new virtual environment that sees the running interpreter's packages
+    after its own; returns its site-packages directory."""
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    own = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+               timeout=60).stdout.strip()
+    # `site.addsitedir` (not a bare path) so that the running environment's own
+    # .pth files (namespace packages, editable installs) work there too; they
+    # come after the new environment's site-packages on sys.path.
+    lines = [f"import site; site.addsitedir({path!r})"
+             for path in running_site_packages()]
+    (pathlib.Path(own) / "_running_site_packages.pth").write_text(
+        "\n".join(lines) + "\n", encoding="utf-8")
+    return pathlib.Path(own)
+
+
+def test_fresh_environment_sees_running_packages_after_its_own(tmp_path):
+    own = fresh_environment(tmp_path / "venv")
+    python = tmp_path / "venv" / "bin" / "python"
+    (own / "keras.py").write_text("SHADOW = True\n", encoding="utf-8")
+    out = _run([python, "-c", "import keras, numpy, sys; print(keras.__file__); "
+                "print(numpy.__file__); print(sys.prefix)"], cwd=tmp_path,
+               timeout=60).stdout.split()
+    assert pathlib.Path(out[0]) == own / "keras.py"  # its own first
+    assert not pathlib.Path(out[1]).is_relative_to(tmp_path)  # then ours
+    assert pathlib.Path(out[2]) == tmp_path / "venv"
+
+
 def test_wheel_runs_the_demo_from_a_fresh_environment(dist, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    fresh_environment(env_dir)
     python = env_dir / "bin" / "python"
     wheel = next(dist.glob("*.whl"))
-    # --ignore-installed: a copy of mtl_keras in the system site-packages
-    # (same version, e.g. CI's `pip install .`) must not satisfy the install.
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index",
-          "--ignore-installed", "--quiet", str(wheel)], timeout=180)
+    # The running pip installs into the new environment (`--python`, no pip of
+    # its own to bootstrap). --ignore-installed: the copy of mtl_keras that the
+    # running environment holds (CI's `pip install .`, an editable install) must
+    # not satisfy the install.
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install",
+          "--no-deps", "--no-index", "--ignore-installed", "--quiet", str(wheel)],
+         timeout=180)
 
     # Run outside the checkout so that nothing imports it from the cwd.
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -21,8 +21,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-GUIDES = ["quickstart", "your_data", "balancers", "tensorboard", "tuning",
-          "serving", "distributed"]
+GUIDES = ["quickstart", "your_data", "balancers", "architectures", "tensorboard",
+          "tuning", "serving", "distributed"]
+BENCHMARKS = ["multi_mnist", "mmoe_synthetic", "overhead", "vs_torchjd"]
+RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
 _DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python",
                "mkdocs_jupyter")
 _missing_tools = [name for name in _DOCS_TOOLS
@@ -92,12 +94,30 @@ def test_site_has_every_page(site):
                 for p in (ROOT / "docs").rglob("*.md")]
     expected = ([("." if page == "index" else page) for page in markdown]
                 + [f"guides/{g}" for g in GUIDES]
+                + [f"benchmarks/{b}" for b in BENCHMARKS]
+                + [f"benchmarks/results/{r.stem}" for r in RESULTS]
                 + [f"notebooks/{p.stem}" for p in NOTEBOOKS])
     missing = sorted(set(expected) - set(pages))
     assert not missing, f"pages missing from the site: {missing}"
     # home, 7 guides, the notebooks page and 4 notebooks, 11 reference pages,
     # the changelog: 25 when this test was written.
     assert len(pages) >= 25, pages
+
+
+def test_every_results_table_is_linked_from_a_benchmark_page(site):
+    linked = set()
+    for page in BENCHMARKS:
+        html = _page(site, f"benchmarks/{page}")
+        linked |= set(re.findall(r'href="\.\./results/([\w.]+)/"', html))
+    tables = {r.stem for r in RESULTS}
+    assert linked == tables, (
+        "the tables of benchmarks/results/ and those the docs/benchmarks/ pages "
+        f"link differ: {sorted(linked ^ tables)}")
+    for results in RESULTS:
+        html = _page(site, f"benchmarks/results/{results.stem}")
+        for image in re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", results.read_text()):
+            assert (site / "benchmarks" / "results" / image).is_file(), image
+            assert f'src="../{image}"' in html, image
 
 
 def test_title_carries_the_package_version(site):

@@ -397,11 +397,11 @@ def test_mmoe_mirrored_step_equals_single_device_step(tmp_path):
         np.testing.assert_allclose(mirrored, single, rtol=1e-5, atol=1e-6)
 
 
-def test_readme_architectures_example_runs(capsys):
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Multi-task architectures", 1)[1].split("\n## ", 1)[0]
+def test_architectures_guide_example_runs(capsys):
+    guide = pathlib.Path(__file__).parents[1] / "docs" / "guides" / "architectures.md"
+    section = guide.read_text().split("## An MMoE", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    exec(compile(block, "README.md", "exec"), {})
+    exec(compile(block, str(guide), "exec"), {})
     assert capsys.readouterr().out.strip() == "2"
 
 

@@ -5,12 +5,20 @@ what an earlier one built), in a fresh Python process with a temporary
 working directory, so files the examples write stay out of the repository.
 Quick mode shortens what the examples train: `epochs=N` becomes `epochs=1`
 and `max_trials=N` becomes `max_trials=2`; nothing else is changed.
+
+Shell blocks do not run, except the command lines that the Python blocks read
+the output of: before a document's Python blocks, its
+`mtl-keras demo --save FILE` line (the quick start) is stood in for by the
+function the demo runs, `mtl_keras.demo.train_shapes`, on a few examples (the
+demo itself trains for minutes), saved to FILE; its `mtl-keras export ...`
+lines then run through the command line's own `main`, as written.
 """
 
 import json
 import os
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 
@@ -18,12 +26,26 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SHELL = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+DEMO_SAVE = re.compile(r"^mtl-keras demo\b.*--save[ =](\S+)", re.MULTILINE)
+CLI_LINE = re.compile(r"^mtl-keras (export .*)$", re.MULTILINE)
 QUICK = ((re.compile(r"\bepochs=\d+"), "epochs=1"),
          (re.compile(r"\bmax_trials=\d+"), "max_trials=2"))
 
 RUNNER = """
 import json, sys, traceback
-blocks = json.load(open(sys.argv[1]))
+blocks, saves, commands = json.load(open(sys.argv[1]))
+if saves:
+    from mtl_keras import demo
+    run = demo.train_shapes(epochs=1, train_size=64, validation_size=64,
+                            verbose=0)
+    for path in saves:
+        run.model.save(path)
+if commands:
+    import mtl_keras_cli
+    for argv in commands:
+        if mtl_keras_cli.main(argv) != 0:
+            sys.exit(f"mtl-keras {' '.join(argv)} failed.")
 namespace = {"__name__": "__main__"}
 for line, code in blocks:
     try:
@@ -45,6 +67,16 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
+def shell_steps(text: str) -> tuple[list[str], list[list[str]]]:
+    """The files of the `mtl-keras demo --save FILE` lines and the arguments
+    of the `mtl-keras export FILE ...` lines of the ```bash blocks that
+    export one of those files, in order."""
+    shell = "\n".join(match.group(1) for match in SHELL.finditer(text))
+    saves = DEMO_SAVE.findall(shell)
+    commands = [shlex.split(line) for line in CLI_LINE.findall(shell)]
+    return saves, [argv for argv in commands if argv[1] in saves]
+
+
 def documents() -> list[pathlib.Path]:
     paths = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
     return [p for p in paths if python_blocks(p.read_text())]
@@ -55,11 +87,31 @@ def test_quick_mode_changes_only_epochs_and_trials():
     assert python_blocks(text) == [(2, "fit(x, epochs=1, max_trials=2, steps=5)\n")]
 
 
+def test_shell_steps_are_the_save_and_export_lines():
+    text = ("```bash\nmtl-keras demo --save m.keras\n"
+            "mtl-keras export m.keras out/ --postprocess cls=classify\n"
+            "mtl-keras compare --balancers ew\n"
+            "mtl-keras export other.keras y/\n```\n"
+            "```text\nmtl-keras export ignored.keras x/\n```\n")
+    assert shell_steps(text) == (
+        ["m.keras"], [["export", "m.keras", "out/", "--postprocess", "cls=classify"]])
+
+
+def test_the_quick_start_saves_exports_and_loads_what_it_exported():
+    for path in (ROOT / "README.md", ROOT / "docs" / "guides" / "quickstart.md"):
+        text = path.read_text()
+        saves, commands = shell_steps(text)
+        assert saves == ["model.keras"], path
+        assert ["export", "model.keras", "export/"] in commands, path
+        assert 'tf.saved_model.load("export")' in text, path
+
+
 @pytest.mark.parametrize(
     "path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(path, tmp_path):
     blocks = tmp_path / "blocks.json"
-    blocks.write_text(json.dumps(python_blocks(path.read_text())))
+    text = path.read_text()
+    blocks.write_text(json.dumps([python_blocks(text), *shell_steps(text)]))
     workdir = tmp_path / "work"
     workdir.mkdir()
     result = subprocess.run(

@@ -86,6 +86,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mtl_keras.datasets.in_memory import in_memory_batches
+
 TASKS = ("left", "right")
 PROTOCOLS = ("random_shift", "sener2018")
 SENER2018_SPLIT_SIZES = {"train": 60_000, "test": 10_000}
@@ -599,50 +601,6 @@ def load(
             dataset = dataset.shuffle(len(images), seed=seed)
         return dataset.prefetch(tf.data.AUTOTUNE)
     return in_memory_batches(images, labels, batch_size, shuffle, seed)
-
-
-def in_memory_batches(
-    images: np.ndarray,
-    labels: Mapping[str, np.ndarray],
-    batch_size: int,
-    shuffle: bool = True,
-    seed: int | None = None,
-) -> tf.data.Dataset:
-    """Batches of arrays held in memory as tensors: a fast `tf.data` pipeline.
-
-    The arrays become constant tensors once; each epoch shuffles only the example
-    indices (no copy of the images into a shuffle buffer) and every batch is one
-    `tf.gather`, inside the graph, prefetched. The last batch may be smaller.
-
-    Args:
-        images: `(N, ...)` inputs.
-        labels: `{task: (N, ...)}` targets.
-        batch_size: examples per batch.
-        shuffle: reshuffle the order every epoch.
-        seed: seed of the shuffling.
-
-    Returns:
-        A `tf.data.Dataset` of `(images, {task: labels})` batches.
-
-    Example:
-
-    ```python
-    batches = in_memory_batches(images, {"left": left, "right": right}, 256)
-    ```
-    """
-    images = tf.constant(images)
-    labels = {task: tf.constant(values) for task, values in labels.items()}
-    order = tf.data.Dataset.range(int(images.shape[0]))
-    if shuffle:
-        order = order.shuffle(int(images.shape[0]), seed=seed,
-                              reshuffle_each_iteration=True)
-
-    def gather(index):
-        return (tf.gather(images, index),
-                {task: tf.gather(values, index) for task, values in labels.items()})
-
-    order = order.batch(batch_size)
-    return order.map(gather, num_parallel_calls=1).prefetch(tf.data.AUTOTUNE)
 
 
 # --- TFDS builder ------------------------------------------------------------------

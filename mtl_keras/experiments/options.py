@@ -94,20 +94,22 @@ class MethodOverrides:
 _GROUPS = (TrainOptions, SuiteOptions, RunLog, Hooks, MethodOverrides)
 
 
-def split_options(options: dict) -> dict[type, object]:
-    """`{group class: instance}` from flat keywords (None overrides of the
-    two method dicts count as empty).
+def split_options(options: dict, groups: tuple = _GROUPS,
+                  caller: str = "compare()") -> dict[type, object]:
+    """`{group class: instance}` from flat keywords: each keyword goes to the
+    group (a dataclass of `groups`) with a field of its name; None for the
+    two method dicts counts as empty.
 
     Raises:
         TypeError: a keyword is no field of any group.
     """
-    fields = {f.name: group for group in _GROUPS
+    fields = {f.name: group for group in groups
               for f in dataclasses.fields(group)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise TypeError(f"compare() got unexpected keyword(s) {unknown}; it takes "
+        raise TypeError(f"{caller} got unexpected keyword(s) {unknown}; it takes "
                         f"{sorted(fields)}.")
-    grouped = {group: {} for group in _GROUPS}
+    grouped = {group: {} for group in groups}
     for name, value in options.items():
         if name.startswith("method_") and value is None:
             continue

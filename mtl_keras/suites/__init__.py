@@ -24,8 +24,8 @@ from mtl_keras.suites import multi_mnist, shapes
 from mtl_keras.suites.parts import from_parts
 from mtl_keras.suites.suite import Suite
 
-#: The built-in suites, by name.
 SUITES = ("shapes", "multi_mnist")
+"""The names of the built-in suites (`load(name)`)."""
 
 
 def load(

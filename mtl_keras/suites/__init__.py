@@ -70,4 +70,4 @@ def load(
     raise ValueError(f"Unknown data {name!r}; expected one of {list(SUITES)}.")
 
 
-__all__ = ["SUITES", "Suite", "from_parts", "load", "multi_mnist", "shapes"]
+__all__ = ["SUITES", "Suite", "from_parts", "load"]

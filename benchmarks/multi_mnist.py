@@ -410,13 +410,13 @@ def seed_accuracy(records, method: str, seed: int = 0) -> dict:
 def seed_delta_m(records, method: str, seed: int = 0) -> float | None:
     """Δm% of a method's run of one seed against the single-task runs of the
     same seed; None unless both have finished on every task."""
-    from mtl_keras import metrics
+    from mtl_keras import scores
 
     references = seed_accuracy(records, "single-task", seed)
     ours = seed_accuracy(records, method, seed)
     if not ours or set(ours) != set(references):
         return None
-    return metrics.delta_m(ours, references, dict.fromkeys(references, True))
+    return scores.delta_m(ours, references, dict.fromkeys(references, True))
 
 
 def paired_delta_m(records) -> dict:

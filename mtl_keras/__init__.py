@@ -29,7 +29,8 @@ __version__ = "0.2.0"
 
 # Imported on first use: they pull in TFDS / KerasTuner, which are slow to load.
 _LAZY_SUBMODULES = (
-    "architectures", "compare", "datasets", "demo", "export", "metrics", "tuning",
+    "architectures", "compare", "datasets", "demo", "export", "metrics", "scores",
+    "tuning",
 )
 
 

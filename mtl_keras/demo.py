@@ -14,28 +14,12 @@ import numpy as np
 from mtl_keras import architectures
 from mtl_keras.callbacks import DynamicWeightAverage, TaskBoard
 from mtl_keras.datasets import shapes
+from mtl_keras.suites import shapes as shapes_suite
 
-#: The task losses of the shapes data.
-SHAPES_LOSSES = {
-    "cls": "sparse_categorical_crossentropy",
-    "seg": "sparse_categorical_crossentropy",
-    "count": "mse",
-}
-
-#: Per task: (log name of the headline metric, higher is better).
-SHAPES_HEADLINE = {"cls": ("accuracy", True), "seg": ("miou", True),
-                   "count": ("mae", False)}
-
-
-def shapes_metrics(tasks=shapes.TASKS) -> dict:
-    """Fresh metric objects for the shapes tasks (accuracy, mean IoU, MAE)."""
-    available = {
-        "cls": lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        "seg": lambda: [keras.metrics.MeanIoU(
-            num_classes=shapes.NUM_SEG_CLASSES, sparse_y_pred=False, name="miou")],
-        "count": lambda: [keras.metrics.MeanAbsoluteError(name="mae")],
-    }
-    return {task: available[task]() for task in tasks}
+# The shapes suite's spec (kept here under their former names).
+SHAPES_LOSSES = shapes_suite.LOSSES
+SHAPES_HEADLINE = shapes_suite.HEADLINE
+shapes_metrics = shapes_suite.metrics
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtl_keras.scores import metric_name
 from mtl_keras.task_losses import class_id_shapes, element_mask, present_mask
 
 _ACCURACY_NAMES = ("accuracy", "acc")
@@ -43,7 +44,7 @@ class MaskedMetric(keras.metrics.Metric):
     """
 
     def __init__(self, metric, name: str | None = None, **kwargs):
-        super().__init__(name=name or _metric_name(metric), **kwargs)
+        super().__init__(name=name or metric_name(metric), **kwargs)
         self.identifier = metric
         self.metric = metric if isinstance(metric, keras.metrics.Metric) else None
 
@@ -96,15 +97,6 @@ class MaskedMetric(keras.metrics.Metric):
             config["metric"] = keras.saving.deserialize_keras_object(
                 config["metric"])
         return cls(**config)
-
-
-def _metric_name(metric) -> str:
-    """The name `keras.Model.compile` gives a metric identifier."""
-    if isinstance(metric, str):
-        return metric
-    if isinstance(metric, keras.metrics.Metric):
-        return metric.name
-    return getattr(metric, "__name__", type(metric).__name__)
 
 
 def _resolve(identifier, name: str, y_true, y_pred) -> keras.metrics.Metric:

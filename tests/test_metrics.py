@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtl_keras.callbacks import MultiTaskScore
-from mtl_keras.metrics import delta_m, geometric_mean_loss, metric_direction
+from mtl_keras.scores import delta_m, geometric_mean_loss, metric_direction
 
 # ------------------------------------------------------------------ delta_m
 

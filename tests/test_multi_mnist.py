@@ -303,3 +303,21 @@ def test_tfds_builder_reads_the_manual_dir(mnist_dir, tmp_path):
     np.testing.assert_array_equal(images, expected)
     for task in multi_mnist.TASKS:
         np.testing.assert_array_equal(labels[task], expected_labels[task])
+
+
+def test_in_memory_batches_gather_dict_inputs_with_their_labels():
+    from mtl_keras.datasets.in_memory import in_memory_batches
+
+    count = 10
+    inputs = {"image": np.arange(count, dtype="float32")[:, None],
+              "meta": -np.arange(count, dtype="float32")[:, None]}
+    labels = {"left": np.arange(count), "right": 2 * np.arange(count)}
+    seen = []
+    for x, y in in_memory_batches(inputs, labels, 4, shuffle=True, seed=3):
+        image = x["image"].numpy()[:, 0]
+        np.testing.assert_array_equal(x["meta"].numpy()[:, 0], -image)
+        np.testing.assert_array_equal(y["left"].numpy(), image)
+        np.testing.assert_array_equal(y["right"].numpy(), 2 * image)
+        seen += list(image)
+    assert sorted(seen) == list(range(count))  # every example once
+    assert seen != list(range(count))  # shuffled

@@ -352,3 +352,54 @@ def test_cli_tune_on_shapes(capsys, tmp_path):
     assert code == 0
     out = capsys.readouterr().out
     assert "val_geometric_mean_loss" in out and "Best task weights" in out
+
+
+# ------------------------------------------- tune on your own model and data
+
+
+def _build_tasks(tasks):
+    """`build_model(tasks)`: the tiny network's trunk, one head per task."""
+    inputs = keras.Input((8,), name="x")
+    shared = keras.layers.Dense(16, activation="tanh", name="trunk")(inputs)
+    heads = {"a": lambda: keras.layers.Dense(3, activation="softmax", name="a"),
+             "b": lambda: keras.layers.Dense(1, name="b")}
+    return MultiTaskModel(inputs, {t: heads[t]()(shared) for t in tasks})
+
+
+def test_tune_on_your_own_parts_scores_delta_m_against_single_task_models(tmp_path):
+    train = tf.data.Dataset.from_tensor_slices(tiny_data(64)).batch(32)
+    validation = tiny_data(32, seed=2)  # arrays are accepted too
+    result = tuning.tune(
+        ["uw", "dwa"], build_model=_build_tasks, train=train,
+        validation=validation, losses=LOSSES,
+        metrics={"a": ["accuracy"], "b": [keras.metrics.MeanAbsoluteError()]},
+        epochs=1, max_trials=2, directory=str(tmp_path), verbose=0)
+    assert result.objective == "val_delta_m"
+    # The headlines: accuracy (up) and mean_absolute_error (down), each
+    # referenced by its single-task model's validation value.
+    assert set(result.references) == {"a", "b"}
+    assert set(result.references["a"]) == {"accuracy"}
+    assert set(result.references["b"]) == {"mean_absolute_error"}
+    assert 0 < result.references["a"]["accuracy"] <= 1
+    assert result.best_balancer in ("uw", "dwa")
+    assert np.isfinite(result.best_score)
+
+
+def test_tune_with_given_references_trains_no_single_task_model(tmp_path,
+                                                               monkeypatch):
+    from mtl_keras.experiments.tune import tune as tune_module
+
+    def no_single_task(*args, **kwargs):
+        raise AssertionError("a single-task model was trained")
+
+    monkeypatch.setattr(tune_module, "train_run", no_single_task)
+    result = tuning.tune(
+        ["cagrad"], build_model=_build_tasks, train=tiny_data(64),
+        validation=tiny_data(32, seed=2), losses=LOSSES, metrics=METRICS,
+        references=REFERENCES, epochs=1, max_trials=1, directory=str(tmp_path),
+        verbose=0, batch_size=32)
+    assert result.references == REFERENCES
+    assert result.best_balancer == "cagrad"
+    # The searched argument, ready for the final model.
+    assert set(result.best_method_config) == {"c"}
+    assert 0.1 <= result.best_method_config["c"] <= 0.9

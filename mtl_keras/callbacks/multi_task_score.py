@@ -6,18 +6,18 @@ import math
 
 import keras
 
-from mtl_keras import metrics as metrics_lib
+from mtl_keras import scores
 
 
 class MultiTaskScore(keras.callbacks.Callback):
     """Writes a combined multi-task score into the epoch logs.
 
     With `references` (single-task values of some metrics of every task) it
-    writes Δm% (`mtl_keras.metrics.delta_m`, Maninis et al. 2019) as
+    writes Δm% (`mtl_keras.scores.delta_m`, Maninis et al. 2019) as
     `val_delta_m`, computed from the logged `val_<task>_<metric>` values.
     Without references it writes the scale-free
     `val_geometric_mean_loss = (Π_k val_<task>_loss)^(1/K)`
-    (`mtl_keras.metrics.geometric_mean_loss`). Both are lower-is-better.
+    (`mtl_keras.scores.geometric_mean_loss`). Both are lower-is-better.
 
     Because the value is put into `logs`, every callback after this one sees
     it: `EarlyStopping(monitor="val_delta_m")`, `ModelCheckpoint`,
@@ -32,7 +32,7 @@ class MultiTaskScore(keras.callbacks.Callback):
             logs after the task prefix (`"accuracy"` for `val_cls_accuracy`;
             `"loss"` scores the task loss). `None`: the scale-free score.
         higher_is_better: Directions of the referenced metrics, as in
-            `mtl_keras.metrics.delta_m` (by metric name, by task, or a bool);
+            `mtl_keras.scores.delta_m` (by metric name, by task, or a bool);
             common Keras names are known already.
         prefix: Prefix of the logs read and written: `"val_"` (the default)
             scores the validation data, `""` the training data.
@@ -94,12 +94,12 @@ class MultiTaskScore(keras.callbacks.Callback):
         """The score of one epoch's `logs`."""
         if self.references is None:
             losses = {t: self._read(logs, f"{t}_loss") for t in self.model.task_names}
-            return metrics_lib.geometric_mean_loss(losses)
+            return scores.geometric_mean_loss(losses)
         values = {
             task: {m: self._read(logs, f"{task}_{m}") for m in task_refs}
             for task, task_refs in self.references.items()
         }
-        return metrics_lib.delta_m(values, self.references, self.higher_is_better)
+        return scores.delta_m(values, self.references, self.higher_is_better)
 
     def _read(self, logs: dict, key: str) -> float:
         name = self.prefix + key
@@ -150,7 +150,7 @@ def _check_references(references, higher_is_better) -> dict | None:
                     f"The reference of metric {metric!r} of task {task!r} is "
                     f"{value}: Δm divides by it, it must be finite and non-zero."
                 )
-            metrics_lib.metric_direction(task, metric, higher_is_better)
+            scores.metric_direction(task, metric, higher_is_better)
             checked[task][metric] = value
     return checked
 

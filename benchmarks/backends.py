@@ -51,13 +51,14 @@ def make(method, jacobian="loop", update_every=1, jit_compile=False):
                       jit_compile=jit_compile)
         return model
     if method == "engine":
-        balancer = EqualWeights(update_every=update_every)
+        balancer = EqualWeights()
     elif isinstance(method, str):
-        balancer = mtl_keras.balancers.get(method, update_every=update_every)
+        balancer = mtl_keras.balancers.get(method)
     else:  # a configured instance
         balancer = method
     model.compile("sgd", loss="sparse_categorical_crossentropy",
-                  balancer=balancer, jacobian=jacobian, jit_compile=jit_compile)
+                  balancer=balancer, jacobian=jacobian, jit_compile=jit_compile,
+                  update_every=update_every)
     return model
 
 

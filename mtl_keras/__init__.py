@@ -9,8 +9,8 @@ import importlib
 
 import keras
 
-#: The Keras backends `mtl_keras` runs on (see `mtl_keras.engine`).
-SUPPORTED_BACKENDS = ("tensorflow", "jax")
+# The Keras backends `mtl_keras` runs on (the engine's one registry).
+from mtl_keras.engine.backend import BACKENDS as SUPPORTED_BACKENDS
 
 if keras.backend.backend() not in SUPPORTED_BACKENDS:
     raise ImportError(

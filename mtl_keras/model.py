@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from mtl_keras import _compat, engine, sharing
 from mtl_keras import balancers as balancers_lib
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
+from mtl_keras.engine import amortise
+from mtl_keras.engine.backend import check_jacobian_method
 from mtl_keras.masked_metric import MaskedMetric
+from mtl_keras.nonfinite import NonFiniteTasks
 from mtl_keras.task_losses import (
     check_class_ids,
     check_label_dtype,
@@ -22,6 +25,7 @@ from mtl_keras.task_losses import (
     masked_task_loss,
     to_loss,
 )
+from mtl_keras.task_weight_history import TaskWeightHistory
 from mtl_keras.task_weights import TaskWeights
 from mtl_keras.vector_mean import VectorMean
 
@@ -113,7 +117,13 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         # float32 whatever the global dtype policy: under mixed precision
         # the task losses, and their weighting, stay in float32.
         self.task_weights = TaskWeights(self.task_names, dtype="float32")
+        self.task_weight_history = TaskWeightHistory(self.task_names, dtype="float32")
+        self.nonfinite_flags = NonFiniteTasks(self.task_names, dtype="float32")
+        object.__setattr__(self.task_weights, "legacy_variables", [
+            *self.task_weight_history.non_trainable_variables,
+            self.nonfinite_flags.values])
         self.balancer = None
+        self.update_schedule = None
         if isinstance(shared, tuple):
             shared = list(shared)
         self._shared_tensor = shared
@@ -121,6 +131,14 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         object.__setattr__(self, "_shared_variable_list", None)
         object.__setattr__(self, "_rep_model", None)
         self._jacobian_method = "loop"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if ("compute_task_losses" in vars(cls)
+                and "compute_task_loss_list" not in vars(cls)):
+            # The subclass customises the (K,) tensor: the engine's hook
+            # (`compute_task_loss_list`) reads its losses from it.
+            cls.compute_task_loss_list = _loss_list_from_tensor
 
     # ------------------------------------------------------------------ setup
 
@@ -142,12 +160,25 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return sharing.shared_variables(self)
 
     @property
+    def shared_tensors(self):
+        """The shared representation tensor(s) given as `shared=`, or `None`."""
+        return self._shared_tensor
+
+    @property
+    def jacobian_method(self) -> str:
+        """How a gradient balancer gets the per-task gradients
+        (`compile(jacobian=...)`)."""
+        return self._jacobian_method
+
+    @property
     def head_variables(self) -> list:
         """The trainable variables that are not shared (heads, balancer)."""
         shared_ids = {id(v) for v in self.shared_variables}
         return [v for v in self.trainable_variables if id(v) not in shared_ids]
 
-    def _representation_model(self):
+    def representation_model(self) -> keras.Model:
+        """A model over the same layers: `x -> [{task: output}, shared]`,
+        for `mode="rep"` balancers (J over the shared representation)."""
         if self._shared_tensor is None:
             raise ValueError(
                 f"{type(self.balancer).__name__}(mode='rep') differentiates "
@@ -169,6 +200,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         balancer=None,
         jacobian: str = "loop",
         diagnostics: str = "auto",
+        update_every: int | None = None,
         **kwargs,
     ):
         """Configures the model for training.
@@ -192,14 +224,19 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 `grad_cos_<a>/<b>`), `"norms"` (the norms only), `"none"`,
                 or `"auto"` (the default: "all" up to
                 `MAX_TASKS_FOR_COSINES` tasks, "norms" above).
+            update_every: Recompute a gradient balancer's weights every this
+                many steps only (default 1: every step); in between, one
+                backward pass of `Σ w_k L_k` with the last weights, about
+                the cost of a plain `keras.Model` step. The balancer runs
+                inside `mtl_keras.engine.UpdateEvery`, kept as
+                `model.update_schedule` (its cache saves with the model).
             **kwargs: Passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
         self.task_losses = self._normalise_losses(loss)
         self.task_weights.assign(self._normalise_loss_weights(loss_weights))
         weighted_metrics = kwargs.pop("weighted_metrics", None)
-        if jacobian not in ("loop", "pfor"):
-            raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+        check_jacobian_method(jacobian)
         if diagnostics not in DIAGNOSTICS:
             raise ValueError(
                 f"diagnostics must be one of {DIAGNOSTICS}, got {diagnostics!r}.")
@@ -213,9 +250,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 f"Unknown balancer {balancer!r}. Available balancers: "
                 f"{', '.join(balancers_lib.available())}."
             )
+        self.update_schedule = amortise.wrap(self.balancer, update_every)
         if self.balancer is not None:
             self.balancer.build_for_tasks(self.task_names)
             self._check_balancer()
+        if self.update_schedule is not None:
+            self.update_schedule.build_for_tasks(self.task_names)
         self._create_trackers()
         super().compile(
             optimizer=optimizer, loss=None,
@@ -230,6 +270,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                          if self.balancer is not None else None),
             "jacobian": jacobian,
             "diagnostics": diagnostics,
+            "update_every": (1 if self.update_schedule is None
+                             else self.update_schedule.every),
             "metrics": metrics,
             "weighted_metrics": weighted_metrics,
         }
@@ -283,12 +325,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 f"{self.task_names}), not a {type(loss_weights).__name__}."
             )
         self._check_task_keys("loss_weights", loss_weights)
-        return [_task_weight(t, loss_weights.get(t, 1.0)) for t in self.task_names]
+        return [loss_weights.get(t, 1.0) for t in self.task_names]
 
     def _check_balancer(self) -> None:
         if isinstance(self.balancer, GradientBalancer):
             if self.balancer.mode == "rep":
-                self._representation_model()
+                self.representation_model()
             elif not self.shared_variables:
                 raise ValueError(
                     f"{type(self.balancer).__name__} weighs the task gradients "
@@ -361,23 +403,21 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             sample_weight: `None`, one array for every task, or a dict
                 `{task: per-sample weights}`.
         """
-        return ops.stack(self.compute_task_loss_list(y, y_pred, sample_weight))
-
-    def _engine_task_losses(self, y, y_pred, sample_weight):
-        """The task losses the gradient engine differentiates: the list of
-        `compute_task_loss_list`, or the (K,) tensor of a subclass that
-        overrides `compute_task_losses`."""
-        if type(self).compute_task_losses is MultiTaskModel.compute_task_losses:
-            return self.compute_task_loss_list(y, y_pred, sample_weight)
-        return self.compute_task_losses(y, y_pred, sample_weight)
+        loss_list = self.compute_task_loss_list
+        if type(self).compute_task_loss_list is _loss_list_from_tensor:
+            # A subclass that overrides this method (see `__init_subclass__`).
+            loss_list = functools.partial(MultiTaskModel.compute_task_loss_list, self)
+        return ops.stack(loss_list(y, y_pred, sample_weight))
 
     def compute_task_loss_list(self, y, y_pred, sample_weight=None) -> list:
         """The unweighted per-task losses as a list of K scalars.
 
-        The gradient engine differentiates each one alone: a backward pass
-        from the stacked vector would visit every task's head (K passes over
-        K heads, a graph quadratic in K). Arguments as for
-        `compute_task_losses`.
+        The one task-loss hook of the engine (`EngineModel`), on every
+        path. The gradient engine differentiates each one alone: a backward
+        pass from the stacked vector would visit every task's head (K passes
+        over K heads, a graph quadratic in K). Customise the losses here; a
+        subclass that overrides `compute_task_losses` instead gets this list
+        read from its tensor. Arguments as for `compute_task_losses`.
         """
         if not isinstance(y, dict):
             raise ValueError(
@@ -421,15 +461,24 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return self._weighted_total(self.task_weights(task_losses))
 
     def _weighted_total(self, weighted_losses):
-        return ops.sum(weighted_losses) + self._regularization_loss()
+        return ops.sum(weighted_losses) + self.regularization_loss()
 
-    def _balanced_total(self, weighted_losses):
-        """`(total, balance)` for the task-weighted losses and the balancer."""
+    def balanced_total(self, weighted_losses):
+        """`(total, balance)` for the task-weighted losses and the balancer.
+
+        An engine hook: a loss balancer's objective and the weights behind
+        it; without one, the plain sum and ones.
+
+        Args:
+            weighted_losses: The (K,) task losses times their task weights.
+        """
         if isinstance(self.balancer, LossBalancer):
             return self.balancer.combine(weighted_losses)
         return ops.sum(weighted_losses), ops.ones_like(weighted_losses)
 
-    def _regularization_loss(self):
+    def regularization_loss(self):
+        """The sum of the model's `losses` (regularizers), a float32 scalar
+        (0 without any). An engine hook."""
         if not self.losses:
             return ops.zeros((), "float32")
         return ops.sum([ops.cast(ops.sum(loss), "float32") for loss in self.losses])
@@ -445,30 +494,21 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     # ------------------------------------------------------------ training
 
-    def _distributable_logs(self, logs: dict) -> dict:
-        # Keras 3.15 reduces a multi-worker step's logs with
-        # `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
-        # (for a plain keras.Model too); a (1,) shape reduces to the scalar.
-        if keras.backend.backend() != "tensorflow":
-            return logs
-        strategy = self.distribute_strategy
-        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return logs
-        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-
     def test_step(self, *args):
         """Evaluates one batch: the task losses, `loss` (Σ task weight ×
         task loss + regularization) and the masked metrics. The balancer is
         not called, so evaluation changes none of its state.
 
         On JAX Keras calls `test_step(state, data)` and expects `(logs,
-        state)`: the backend's trainer runs `_evaluate_batch` statelessly.
+        state)`: the backend's trainer runs `record_test_step` statelessly.
         """
         if len(args) == 2:
             return self._trainer.test_step(*args)
-        return self._distributable_logs(self._evaluate_batch(args[0]))
+        return engine.get_backend().step_logs(self, self.record_test_step(args[0]))
 
-    def _evaluate_batch(self, data) -> dict:
+    def record_test_step(self, data) -> dict:
+        """Evaluates one batch and updates the trackers and metrics: the
+        logs. An engine hook (JAX runs it statelessly)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=False)
         task_losses = self.compute_task_losses(y, y_pred, sample_weight)
@@ -501,11 +541,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return self._trainer.train_step(*args)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(args[0])
         step = self._trainer.train_step(x, y, sample_weight)
-        return self._finish_step(x, y, sample_weight, step)
+        return self.record_train_step(x, y, sample_weight, step)
 
-    def _finish_step(self, x, y, sample_weight, step):
+    def record_train_step(self, x, y, sample_weight, step):
         """The bookkeeping of a step: skipped-step flags, loss trackers,
-        gradient diagnostics and metrics; returns the logs."""
+        gradient diagnostics and metrics; returns the logs. An engine hook:
+        `step` is the backend's `mtl_keras.engine.TrainStep`."""
         finite = self._record_finite(step.finite_tasks)
         self._track_step(x, step.loss, step.balanced_loss, step.task_losses,
                          step.balance, finite)
@@ -514,7 +555,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self._diagnostic_trackers[0].update_state(
                 values, sample_weight=ops.cast(step.balanced, "float32"))
         logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
-        return self._distributable_logs(logs)
+        return engine.get_backend().step_logs(self, logs)
 
     @property
     def _trainer(self):
@@ -526,15 +567,11 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return trainer
 
     def _make_trainer(self):
-        return engine.get_trainer(self)
+        return engine.get_backend().trainer(self)
 
     def _record_finite(self, finite_tasks):
         """Flags the tasks of a skipped step; returns whether all are finite."""
-        finite = ops.all(finite_tasks)
-        flags = self.task_weights.nonfinite_tasks
-        not_finite = 1.0 - ops.cast(finite_tasks, flags.dtype)
-        flags.assign(ops.where(finite, ops.convert_to_tensor(flags), not_finite))
-        return finite
+        return self.nonfinite_flags.record(finite_tasks)
 
     def _track_step(self, x, loss, balanced_loss, task_losses, balance,
                     finite) -> None:
@@ -558,18 +595,15 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     @property
     def nonfinite_tasks(self):
         """1.0 for each task whose loss was not finite at the last skipped step."""
-        return self.task_weights.nonfinite_tasks
+        return self.nonfinite_flags.values
 
     def get_task_weights(self) -> dict[str, float]:
         """The current task weights, `{task: weight}`."""
         return self.task_weights.as_dict()
 
     def set_task_weights(self, weights) -> None:
-        """Assigns task weights from `{task: weight}` (others unchanged)."""
-        if isinstance(weights, dict):
-            weights = {t: _task_weight(t, w) for t, w in weights.items()}
-        elif len(weights) == self.num_tasks:  # other lengths: assign says why
-            weights = [_task_weight(t, w) for t, w in zip(self.task_names, weights)]
+        """Assigns task weights from `{task: weight}` (others unchanged), or
+        a sequence in task order; each is checked (`check_task_weight`)."""
         self.task_weights.assign(weights)
 
     def serving_model(self, name: str | None = None) -> keras.Model:
@@ -638,36 +672,19 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return super().test_on_batch(*args, **kwargs)
 
 
-def _task_weight(task, value) -> float:
-    """A task weight as a float; refuses what would corrupt training.
-
-    A NaN or infinite weight turns every update non-finite while the task
-    losses stay finite; a negative one makes the model maximise a loss.
-    """
-    message = (f"The weight of task '{task}' must be a number, got "
-               f"{type(value).__name__}: {value!r}.")
-    if isinstance(value, (str, bytes)):
-        raise TypeError(message)
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as error:
-        raise TypeError(message) from error
-    # The weights are float32 variables: 1e39 would be stored as inf.
-    if not 0 <= value <= np.finfo("float32").max:
-        raise ValueError(
-            f"The weight of task '{task}' must be finite (in float32) and ≥ 0, "
-            f"got {value}. Use 0 to switch a task off."
-        )
-    return value
-
-
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _mean_over_replicas(value):
     """The mean of `value` over the replicas in sync (itself on one device)."""
-    return engine.backend_module().replica_mean(value)
+    return engine.get_backend().replica_mean(value)
+
+
+def _loss_list_from_tensor(self, y, y_pred, sample_weight=None) -> list:
+    """`compute_task_loss_list` of a subclass that overrides
+    `compute_task_losses`: the K losses of its (K,) tensor."""
+    return list(ops.unstack(self.compute_task_losses(y, y_pred, sample_weight)))
 
 
 def _shared_outputs(shared) -> dict:

@@ -7,55 +7,79 @@ import numpy as np
 from keras import ops
 
 
+def check_task_weight(task: str, value, source: str | None = None) -> float:
+    """A task weight as a float, or a `ValueError` naming the task: the one
+    check of every task weight (compile's `loss_weights`,
+    `set_task_weights`, task-weight callbacks and schedules).
+
+    A NaN or infinite weight turns every update non-finite while the task
+    losses stay finite; a negative one makes the model maximise a loss; the
+    weights are float32 variables, so 1e39 would be stored as inf.
+
+    Args:
+        task: The task's name (named in the error).
+        value: The weight.
+        source: Who gave it (named in the error), e.g. a callback's class.
+
+    Example:
+
+    ```python
+    check_task_weight("seg", 0.5)  # 0.5
+    ```
+    """
+    prefix = f"{source}: " if source else ""
+    message = (f"{prefix}The weight of task '{task}' must be a number, got "
+               f"{type(value).__name__}: {value!r}.")
+    if isinstance(value, (str, bytes)):
+        raise ValueError(message)
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(message) from error
+    if not 0 <= value <= float(np.finfo("float32").max):
+        raise ValueError(
+            f"{prefix}The weight of task '{task}' must be finite (in float32) "
+            f"and ≥ 0, got {value}. Use 0 to switch a task off.")
+    return value
+
+
 @keras.saving.register_keras_serializable(package="mtl_keras")
 class TaskWeights(keras.layers.Layer):
-    """Holds one non-trainable weight per task, plus a short per-task history.
+    """Holds one non-trainable weight per task.
 
     Compiled `loss_weights` initialise `values`; epoch-level callbacks (DWA)
     assign them through the model; every training path multiplies each task
     loss by its weight before a balancer sees it. Because they are Keras
     weights read inside the compiled step, assignments take effect without
     retracing, and they save and resume with the model (a Python float in
-    `compile(loss_weights=...)` would be frozen into the graph).
+    `compile(loss_weights=...)` would be frozen into the graph). Every
+    assigned weight is checked (`check_task_weight`).
 
-    `nonfinite_tasks` flags (1.0) the tasks whose loss was not finite at the
-    last step the model skipped for that reason.
-
-    `history` keeps what a `mtl_keras.callbacks.TaskWeightCallback` records
-    (one value per task per observation: row 0 the first observation, rows
-    1.. the last `HISTORY_CAPACITY`, newest last), `history_count` how many
-    it recorded and `history_owner` a fingerprint of the recording callback,
-    so that a rule resumes where it stopped and never reads another rule's
-    values.
+    What task-weight callbacks record lives in `TaskWeightHistory`, the
+    flags of non-finite tasks in `mtl_keras.nonfinite.NonFiniteTasks`.
 
     Args:
         task_names: The task names, in the model's order.
-    """
 
-    #: How many past observations `history` keeps (besides the first).
-    HISTORY_CAPACITY = 8
+    Example:
+
+    ```python
+    weights = TaskWeights(["a", "b"])
+    weights.assign({"b": 0.5})
+    weights.as_dict()  # {"a": 1.0, "b": 0.5}
+    ```
+    """
 
     def __init__(self, task_names, name: str = "task_weights", **kwargs):
         super().__init__(name=name, **kwargs)
         self.task_names = list(task_names)
-        num_tasks = len(self.task_names)
         self.values = self.add_weight(
-            shape=(num_tasks,), initializer="ones", trainable=False, name="values"
+            shape=(len(self.task_names),), initializer="ones", trainable=False,
+            name="values"
         )
-        self.history = self.add_weight(
-            shape=(self.HISTORY_CAPACITY + 1, num_tasks), initializer="zeros",
-            trainable=False, name="history",
-        )
-        self.history_count = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="history_count"
-        )
-        self.history_owner = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="history_owner"
-        )
-        self.nonfinite_tasks = self.add_weight(
-            shape=(num_tasks,), initializer="zeros", trainable=False,
-            name="nonfinite_tasks", aggregation="only_first_replica",
-        )
+        # Where the values a 0.2.0 file saved here besides the weights go
+        # (the history's three variables, then the non-finite flags).
+        object.__setattr__(self, "legacy_variables", None)
         self.built = True
 
     def call(self, task_losses):
@@ -71,49 +95,29 @@ class TaskWeights(keras.layers.Layer):
                     f"tasks are {self.task_names}."
                 )
             current = self.as_dict()
-            weights = [float(weights.get(t, current[t])) for t in self.task_names]
+            weights = [weights.get(t, current[t]) for t in self.task_names]
         if len(weights) != len(self.task_names):
             raise ValueError(
                 f"Got {len(weights)} task weights for {len(self.task_names)} "
                 f"tasks {self.task_names}."
             )
+        weights = [check_task_weight(t, w) for t, w in zip(self.task_names, weights)]
         self.values.assign(ops.convert_to_tensor(weights, dtype=self.values.dtype))
 
     def as_dict(self) -> dict[str, float]:
         values = ops.convert_to_numpy(self.values)
         return {task: float(v) for task, v in zip(self.task_names, values)}
 
-    def read_history(self) -> tuple[np.ndarray, int, float]:
-        """`(rows, count, owner)`: the history rows as float64, and counters."""
-        rows = ops.convert_to_numpy(self.history).astype(np.float64)
-        count = int(ops.convert_to_numpy(self.history_count))
-        owner = float(ops.convert_to_numpy(self.history_owner))
-        return rows, count, owner
-
-    def reset_history(self, owner: float) -> None:
-        """Empties the history and records who fills it next."""
-        self.history.assign(ops.zeros(self.history.shape, self.history.dtype))
-        self.history_count.assign(0.0)
-        self.history_owner.assign(float(owner))
-
-    def push_history(self, values) -> None:
-        """Appends one observation (one value per task)."""
-        rows, count, _ = self.read_history()
-        values = np.asarray(values, dtype=np.float64)
-        if count == 0:
-            rows[0] = values
-        rows[1:-1] = rows[2:]
-        rows[-1] = values
-        self.history.assign(rows.astype("float32"))
-        self.history_count.assign(float(count + 1))
-
-    def replace_last_history(self, values) -> None:
-        """Overwrites the newest observation (and the first, if it is it)."""
-        rows, count, _ = self.read_history()
-        rows[-1] = values
-        if count == 1:
-            rows[0] = values
-        self.history.assign(rows.astype("float32"))
+    def load_own_variables(self, store):
+        legacy = self.legacy_variables
+        if legacy is not None and len(store.keys()) == 1 + len(legacy):
+            # A file saved by mtl_keras 0.2.0, when this layer also held the
+            # callbacks' history and the non-finite flags.
+            self.values.assign(store["0"])
+            for i, variable in enumerate(legacy, start=1):
+                variable.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape):
         return input_shape

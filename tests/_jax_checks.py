@@ -117,7 +117,7 @@ def train_update_every(steps=5):
     losses = {"a": "mse",
               "b": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
     model.compile(keras.optimizers.SGD(0.1), loss=losses,
-                  balancer=balancers.get("mgda", update_every=3))
+                  balancer=balancers.get("mgda"), update_every=3)
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     return [np.asarray(v).tolist() for v in model.trainable_variables]
 

@@ -23,8 +23,9 @@ STOP_AFTER = 1  # epoch index at whose end the first run is interrupted
 BALANCERS = {
     "gradnorm": lambda: GradNorm(),
     "famo": lambda: FAMO(),
-    "nash_mtl": lambda: NashMTL(update_every=3),
+    "nash_mtl": lambda: NashMTL(),
 }
+UPDATE_EVERY = {"nash_mtl": 3}
 
 
 class _Crash(keras.callbacks.Callback):
@@ -42,6 +43,7 @@ def _compiled(balancer, run_eagerly=False):
         loss=LOSSES,
         loss_weights={"a": 1.0, "b": 0.7},
         balancer=BALANCERS[balancer](),
+        update_every=UPDATE_EVERY.get(balancer),
         run_eagerly=run_eagerly,
     )
     return model

@@ -279,7 +279,7 @@ def test_dtp_errors():
     ({"b": {"type": "linear", "initial": 0.0}}, r"task 'b' misses \['duration'"),
     ({"b": {"type": "piecewise", "boundaries": [1], "values": [1]}},
      "task 'b' needs one value more"),
-    ({"b": -2.0}, "task 'b' has weight -2.0"),
+    ({"b": -2.0}, "weight of task 'b' must be finite .* got -2.0"),
 ])
 def test_bad_schedules_name_the_task(spec, message):
     with pytest.raises(ValueError, match=message):

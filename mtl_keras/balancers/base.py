@@ -12,6 +12,8 @@ gradient balancers, the Gramian, and asks the balancer for weights.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -54,7 +56,8 @@ class Balancer(keras.layers.Layer):
         if not self.built:
             self.num_tasks = len(task_names)
             self.build_state(self.num_tasks)
-            self.build_engine_state(self.num_tasks)
+            # Where files saved before `UpdateEvery` held its cache.
+            self.legacy_state_index = len(self.weights)
             self.built = True
 
     def build(self, input_shape=None):
@@ -78,12 +81,9 @@ class Balancer(keras.layers.Layer):
         """Creates the balancer's weights. Default: stateless."""
         del num_tasks
 
-    def build_engine_state(self, num_tasks: int) -> None:
-        """Creates state the engine keeps for every method of a contract
-        (after the method's own `build_state`). Default: none."""
-        del num_tasks
-
-    def _ensure_built(self, task_losses):
+    def ensure_built(self, task_losses) -> None:
+        """Builds the balancer for `len(task_losses)` unnamed tasks, unless
+        it is built (the engine calls it before a first step)."""
         if not self.built:
             num_tasks = int(task_losses.shape[0])
             self.build_for_tasks([f"task_{i}" for i in range(num_tasks)])
@@ -107,7 +107,7 @@ class Balancer(keras.layers.Layer):
 
     def state_variables(self) -> list:
         """The variables `get_state` reads: the method's non-trainable
-        state (the engine's own, such as `update_every`'s cache, excluded)."""
+        state."""
         return list(self.non_trainable_variables)
 
     def get_state(self) -> list:
@@ -152,6 +152,7 @@ class Balancer(keras.layers.Layer):
 
     def load_own_variables(self, store):
         variables = self._state_variables()
+        store = self._without_legacy_state(store, len(variables))
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"{type(self).__name__} '{self.name}' expects {len(variables)} "
@@ -160,6 +161,11 @@ class Balancer(keras.layers.Layer):
         for i, variable in enumerate(variables):
             variable.assign(store[f"{i}"])
 
+    def _without_legacy_state(self, store, num_variables: int):
+        """The store as this balancer saves it (see `GradientBalancer`)."""
+        del num_variables
+        return store
+
     def get_config(self) -> dict:
         # Balancers are configured by their constructor arguments only; the
         # Layer's dtype/trainable settings are not part of their interface.
@@ -167,6 +173,26 @@ class Balancer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def check_update_every(value, owner: str = "UpdateEvery") -> int:
+    """`value` if it is a whole number ≥ 1, else a `ValueError`.
+
+    Args:
+        value: How often a gradient balancer's weights are recomputed.
+        owner: Who asks (named in the error).
+
+    Example:
+
+    ```python
+    check_update_every(4)  # 4
+    ```
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{owner}: update_every must be a whole number >= 1 (1 recomputes "
+            f"the weights on every step), got {value!r}.")
+    return value
 
 
 class LossBalancer(Balancer):
@@ -201,7 +227,7 @@ class LossBalancer(Balancer):
     def balance(self, task_losses):
         """Returns the task weights, shape (K,), for the given task losses."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
-        self._ensure_built(task_losses)
+        self.ensure_built(task_losses)
         return ops.cast(self.compute_weights(task_losses), "float32")
 
     def compute_weights(self, task_losses):
@@ -248,23 +274,15 @@ class GradientBalancer(Balancer):
     runs inside a traced branch or a stateless (JAX) train step. The heads
     get the gradient of `sum(w * task_losses)`; weights are constants.
 
-    Every gradient balancer takes `update_every=N`: the weights are
-    recomputed (K backward passes and the balancing math) on every N-th
-    step only; on the steps in between the engine runs one backward pass
-    of `Σ w_k L_k` with the weights of the last refresh, which costs about
-    as much as a plain `keras.Model` step. `N = 1` (the default) refreshes
-    on every step. The trade-off: between refreshes the update is the
-    weighted sum of the task gradients, not the method's own update
-    (PCGrad's projections, GradDrop's sign masks, DB-MTL's normalised
-    gradients apply on refresh steps only) and the weights react to the
-    training N steps late. Gradient diagnostics are averaged over refresh
-    steps.
+    To recompute the weights every N steps only, compile with
+    `update_every=N` (`mtl_keras.engine.UpdateEvery` wraps the balancer);
+    the balancer's own `update_every=N` is the deprecated spelling of it.
 
     Args:
         mode: "params" (gradients over the shared variables) or "rep"
             (gradients over the shared representation tensor, one extra
             backward pass instead of K over the trunk).
-        update_every: Recompute the weights every this many steps (≥ 1).
+        update_every: Deprecated: use `compile(update_every=N)`.
     """
 
     kind = "gradient"
@@ -277,34 +295,32 @@ class GradientBalancer(Balancer):
                 f"{type(self).__name__}: mode must be 'params' or 'rep', got "
                 f"{mode!r}."
             )
-        if isinstance(update_every, bool) or not isinstance(update_every, int) \
-                or update_every < 1:
-            raise ValueError(
-                f"{type(self).__name__}: update_every must be a whole number "
-                f">= 1 (1 recomputes the weights on every step), got "
-                f"{update_every!r}.")
         self.mode = mode
-        self.update_every = update_every
-        self.cached_weights = None
-        self.steps_to_refresh = None
+        # Deprecated: read by `compile` and the engine, which wrap the
+        # balancer in `mtl_keras.engine.UpdateEvery`.
+        self.update_every = check_update_every(update_every, type(self).__name__)
+        if self.update_every != 1:
+            warnings.warn(
+                f"{type(self).__name__}(update_every=N) is deprecated: use "
+                "`model.compile(..., update_every=N)` (or "
+                "`mtl_keras.engine.UpdateEvery(balancer, N)` in a custom loop).",
+                DeprecationWarning, stacklevel=2)
+        #: The cache of a file saved before `UpdateEvery` (see
+        #: `_without_legacy_state`), handed over to it on load.
+        self.legacy_update_every_state = None
 
-    def build_engine_state(self, num_tasks: int) -> None:
-        """With `update_every > 1`: the weights of the last refresh and the
-        steps left until the next one (saved with the model)."""
-        if self.update_every == 1:
-            return
-        self.cached_weights = self.add_weight(
-            shape=(num_tasks,), initializer="ones", trainable=False,
-            name="cached_weights")
-        self.steps_to_refresh = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False,
-            name="steps_to_refresh")
-
-    def state_variables(self) -> list:
-        engine_state = {id(v) for v in (self.cached_weights,
-                                         self.steps_to_refresh) if v is not None}
-        return [v for v in self.non_trainable_variables
-                if id(v) not in engine_state]
+    def _without_legacy_state(self, store, num_variables: int):
+        # Files saved before `UpdateEvery` hold its cache (the cached
+        # weights (K,) and the countdown ()) among the balancer's variables,
+        # right after those of `build_state`.
+        keys = len(store.keys())
+        at = getattr(self, "legacy_state_index", None)
+        if self.update_every == 1 or keys != num_variables + 2 or at is None:
+            return store
+        values = [store[f"{i}"] for i in range(keys)]
+        self.legacy_update_every_state = (values[at], values[at + 1])
+        kept = values[:at] + values[at + 2:]
+        return {f"{i}": value for i, value in enumerate(kept)}
 
     def build_for_jacobian(self, num_params: int) -> None:
         """Called by the engine with P before the first step. Default: no-op."""
@@ -318,7 +334,7 @@ class GradientBalancer(Balancer):
         """The shared update from an explicit Jacobian (eager, for tests)."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
-        self._ensure_built(task_losses)
+        self.ensure_built(task_losses)
         self.build_for_jacobian(jacobian.shape[1])
         update, _, new_state = self.stateless_update(
             self.get_state(), task_losses, jacobian)
@@ -326,8 +342,10 @@ class GradientBalancer(Balancer):
         return update
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode,
-                "update_every": self.update_every}
+        config = {**super().get_config(), "mode": self.mode}
+        if self.update_every != 1:  # the deprecated spelling, kept as given
+            config["update_every"] = self.update_every
+        return config
 
 
 class GramianBalancer(GradientBalancer):
@@ -351,7 +369,7 @@ class GramianBalancer(GradientBalancer):
         """Returns the task weights, shape (K,), from losses and Gramian."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         gramian = ops.convert_to_tensor(gramian, dtype="float32")
-        self._ensure_built(task_losses)
+        self.ensure_built(task_losses)
         return self._call_and_assign(self._weights, task_losses, gramian)
 
     def _weights(self, task_losses, gramian):
@@ -395,7 +413,7 @@ class JacobianBalancer(GradientBalancer):
         """The shared update (P,) and head weights (K,), state assigned."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
-        self._ensure_built(task_losses)
+        self.ensure_built(task_losses)
         self.build_for_jacobian(jacobian.shape[1])
         return self._call_and_assign(self._direction, task_losses, jacobian)
 

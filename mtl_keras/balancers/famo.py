@@ -102,7 +102,7 @@ class FAMO(LossBalancer):
         return ratios / ops.maximum(ops.sum(ratios), 1e-30)
 
     def update_after_step(self, losses_before, losses_after) -> None:
-        self._ensure_built(ops.convert_to_tensor(losses_before, dtype="float32"))
+        self.ensure_built(ops.convert_to_tensor(losses_before, dtype="float32"))
         before, active_before = self._gaps(losses_before)
         after, active_after = self._gaps(losses_after)
         valid = active_before & active_after

@@ -92,14 +92,14 @@ class NashMTL(GramianBalancer):
     scale therefore also applies to the task heads; in `mode="rep"` the norm
     is that of the representation gradient. `max_norm=0` disables it.
 
-    `update_every=N` recomputes the weights every N steps only, the
-    reference's speed-up; in between, the engine runs one backward pass of
-    `Σ α_k L_k` with the last weights (as the reference does; the clip of
-    `max_norm` applies on refresh steps), see `GradientBalancer`.
+    The reference's speed-up, recomputing the weights every N steps only,
+    is `compile(update_every=N)` (`mtl_keras.engine.UpdateEvery`): in
+    between, the engine runs one backward pass of `Σ α_k L_k` with the last
+    weights, as the reference does (the clip of `max_norm` applies on
+    refresh steps).
 
     Args:
         max_norm: Clip of the update norm, 0 to disable.
-        update_every: Recompute the weights every this many steps.
         iterations: Newton steps per solve.
         reg_eps: Diagonal regularisation of the correlation matrix.
         mode: `"params"` or `"rep"`, see `GradientBalancer`.
@@ -115,14 +115,13 @@ class NashMTL(GramianBalancer):
     def __init__(
         self,
         max_norm: float = 1.0,
-        update_every: int = 1,
         iterations: int = 25,
         reg_eps: float = 1e-6,
         mode: str = "params",
         name: str | None = None,
         **kwargs,
     ):
-        super().__init__(mode=mode, update_every=update_every, name=name, **kwargs)
+        super().__init__(mode=mode, name=name, **kwargs)
         self.max_norm = float(max_norm)
         self.iterations = int(iterations)
         self.reg_eps = float(reg_eps)

@@ -65,7 +65,7 @@ def get(identifier, **kwargs) -> Balancer | None:
             `{"class_name": ..., "config": ...}` as produced by `serialize`,
             or `None` (no balancer).
         **kwargs: Constructor arguments for a balancer given by name, e.g.
-            `get("mgda", update_every=8)`.
+            `get("cagrad", c=0.5)`.
 
     Example:
 

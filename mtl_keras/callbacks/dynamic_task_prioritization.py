@@ -74,7 +74,8 @@ class DynamicTaskPrioritization(TaskWeightCallback):
             return values
         return self.alpha * values + (1 - self.alpha) * history.values[-1]
 
-    def compute_weights(self, step: int, history: TaskHistory) -> dict[str, float]:
+    def compute_task_weights(self, step: int,
+                             history: TaskHistory) -> dict[str, float]:
         if history.count == 0:
             return history.ones()
         kpi = np.clip(history.values[-1], KPI_EPSILON, 1 - KPI_EPSILON)

@@ -43,7 +43,8 @@ class DynamicWeightAverage(TaskWeightCallback):
             raise ValueError(f"temperature must be positive, got {temperature}.")
         self.temperature = float(temperature)
 
-    def compute_weights(self, step: int, history: TaskHistory) -> dict[str, float]:
+    def compute_task_weights(self, step: int,
+                             history: TaskHistory) -> dict[str, float]:
         if history.count < 2:
             return history.ones()
         previous, last = history.values[-2:]

@@ -52,7 +52,8 @@ class LambdaTaskWeights(TaskWeightCallback):
         super().__init__(monitor, frequency, history_length, reset_each_epoch)
         self.fn = fn
 
-    def compute_weights(self, step: int, history: TaskHistory) -> dict[str, float]:
+    def compute_task_weights(self, step: int,
+                             history: TaskHistory) -> dict[str, float]:
         return self.fn(step, history)
 
     def get_config(self) -> dict:

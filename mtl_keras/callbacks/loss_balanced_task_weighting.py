@@ -54,7 +54,8 @@ class LossBalancedTaskWeighting(TaskWeightCallback):
         self.alpha = float(alpha)
         self.normalize = bool(normalize)
 
-    def compute_weights(self, step: int, history: TaskHistory) -> dict[str, float]:
+    def compute_task_weights(self, step: int,
+                             history: TaskHistory) -> dict[str, float]:
         if history.count == 0:
             return history.ones()
         ratios = history.values[-1] / np.maximum(history.first, 1e-12)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import math
+import warnings
 import zlib
 
 import keras
 import numpy as np
 
 from mtl_keras.callbacks.task_history import TaskHistory
-from mtl_keras.task_weights import TaskWeights
+from mtl_keras.task_weight_history import TaskWeightHistory
+from mtl_keras.task_weights import TaskWeights, check_task_weight
 
 FREQUENCIES = ("epoch", "batch")
 
@@ -18,7 +19,7 @@ FREQUENCIES = ("epoch", "batch")
 class TaskWeightCallback(keras.callbacks.Callback):
     """Sets `model.task_weights` from a rule; owns the plumbing around it.
 
-    A subclass implements one method, `compute_weights(step, history)`,
+    A subclass implements one method, `compute_task_weights(step, history)`,
     returning `{task: weight}` for every task. The base class:
 
     - records, per task, the monitored log entry (`<task>_loss` unless
@@ -48,7 +49,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
             `"{task}_loss"` (the unweighted training loss).
         frequency: `"epoch"` or `"batch"`; default: the class attribute.
         history_length: How many past observations the rule sees (0 to
-            `TaskWeights.HISTORY_CAPACITY`); default: the class attribute.
+            `TaskWeightHistory.CAPACITY`); default: the class attribute.
         reset_each_epoch: Whether the history restarts every epoch; default:
             the class attribute.
 
@@ -56,7 +57,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
 
     ```python
     class WarmUpSeg(mtl_keras.callbacks.TaskWeightCallback):
-        def compute_weights(self, step, history):
+        def compute_task_weights(self, step, history):
             return {"cls": 1.0, "seg": min(1.0, step / 5)}
     ```
     """
@@ -92,7 +93,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
             raise ValueError(
                 f"{name}: frequency must be 'epoch' or 'batch', got "
                 f"{self.frequency!r}.")
-        capacity = TaskWeights.HISTORY_CAPACITY
+        capacity = TaskWeightHistory.CAPACITY
         if not 0 <= int(self.history_length) <= capacity:
             raise ValueError(
                 f"{name}: history_length must be in [0, {capacity}], got "
@@ -117,8 +118,23 @@ class TaskWeightCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ the rule
 
-    def compute_weights(self, step: int, history: TaskHistory) -> dict[str, float]:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "compute_weights" in vars(cls) and "compute_task_weights" not in vars(cls):
+            # The name up to 0.2.0: a balancer's `compute_weights` is another
+            # contract (weights from losses or the Gramian, every step).
+            warnings.warn(
+                f"{cls.__name__}.compute_weights(step, history) is deprecated: "
+                "name the rule `compute_task_weights(step, history)`.",
+                DeprecationWarning, stacklevel=2)
+            cls.compute_task_weights = cls.compute_weights
+
+    def compute_task_weights(self, step: int,
+                             history: TaskHistory) -> dict[str, float]:
         """The task weights for `step`: `{task: weight}` for every task.
+
+        (Not a balancer's `compute_weights`, which weighs one step's losses
+        or Gramian: this rule sets the model's task weights between steps.)
 
         Args:
             step: The epoch (epoch frequency) or the optimizer step (batch
@@ -126,7 +142,8 @@ class TaskWeightCallback(keras.callbacks.Callback):
             history: What was recorded so far (see `TaskHistory`).
         """
         raise NotImplementedError(
-            f"{type(self).__name__} must implement compute_weights(step, history).")
+            f"{type(self).__name__} must implement "
+            "compute_task_weights(step, history).")
 
     def observe(self, values: np.ndarray, history: TaskHistory) -> np.ndarray:
         """What to record for a new observation; by default `values` as is.
@@ -145,6 +162,10 @@ class TaskWeightCallback(keras.callbacks.Callback):
                 f"{type(self).__name__} needs a mtl_keras.MultiTaskModel (it "
                 f"writes the model's task weights); got {type(self.model).__name__}.")
         return task_weights
+
+    def _history_store(self) -> TaskWeightHistory:
+        self._task_weights()  # a clear error on another model
+        return self.model.task_weight_history
 
     def _resolve_keys(self, task_names) -> dict[str, str]:
         if not isinstance(self.monitor, dict):
@@ -165,14 +186,14 @@ class TaskWeightCallback(keras.callbacks.Callback):
         return float(zlib.crc32(text.encode()) % (1 << 24) + 1)
 
     def _history(self, exclude_last: bool = False) -> TaskHistory:
-        task_weights = self._task_weights()
-        rows, count, _ = task_weights.read_history()
+        history = self._history_store()
+        rows, count, _ = history.read()
         recent = rows[1:]
         if exclude_last and count > 0:
             recent, count = recent[:-1], count - 1
         kept = min(count, int(self.history_length), len(recent))
         return TaskHistory(
-            tasks=tuple(task_weights.task_names),
+            tasks=tuple(history.task_names),
             values=recent[len(recent) - kept:],
             first=rows[0].copy() if count > 0 else None,
             count=count,
@@ -184,7 +205,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _apply(self, step: int) -> None:
-        weights = self.compute_weights(step, self._history())
+        weights = self.compute_task_weights(step, self._history())
         task_weights = self._task_weights()
         task_weights.assign(check_task_weights(
             weights, task_weights.task_names, type(self).__name__))
@@ -222,12 +243,12 @@ class TaskWeightCallback(keras.callbacks.Callback):
 
     def _record(self, values: np.ndarray, refresh: bool) -> None:
         """Appends an observation, or refreshes the newest one (`refresh`)."""
-        task_weights = self._task_weights()
+        store = self._history_store()
         if refresh:
             history = self._history(exclude_last=True)
-            task_weights.replace_last_history(self.observe(values, history))
+            store.replace_last(self.observe(values, history))
         else:
-            task_weights.push_history(self.observe(values, self._history()))
+            store.push(self.observe(values, self._history()))
 
     # ------------------------------------------------------------ hooks
 
@@ -241,10 +262,10 @@ class TaskWeightCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # Here, not in on_train_begin: BackupAndRestore may restore the
         # model's weights in its on_train_begin, after this callback's.
-        task_weights = self._task_weights()
+        store = self._history_store()
         fingerprint = self._fingerprint()
-        if self.reset_each_epoch or task_weights.read_history()[2] != fingerprint:
-            task_weights.reset_history(fingerprint)
+        if self.reset_each_epoch or store.read()[2] != fingerprint:
+            store.reset(fingerprint)
         self._observed_this_epoch = False
         self._previous_means = None
         self._apply(self._step(epoch))
@@ -303,17 +324,4 @@ def check_task_weights(weights, task_names, source: str) -> list[float]:
             f"{source} returned weights for {sorted(weights, key=str)}; the "
             f"model's tasks are {list(task_names)}: missing {missing}, unknown "
             f"{unknown}. Return a weight for every task.")
-    values = []
-    for task in task_names:
-        try:
-            value = float(weights[task])
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"{source} returned a weight for task '{task}' that is not a "
-                f"number: {weights[task]!r}.") from error
-        if not (math.isfinite(value) and 0 <= value <= np.finfo("float32").max):
-            raise ValueError(
-                f"{source} returned weight {value} for task '{task}': weights "
-                "must be finite (in float32) and ≥ 0. Use 0 to switch a task off.")
-        values.append(value)
-    return values
+    return [check_task_weight(task, weights[task], source) for task in task_names]

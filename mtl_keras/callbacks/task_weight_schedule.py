@@ -8,6 +8,7 @@ import keras
 
 from mtl_keras.callbacks.task_history import TaskHistory
 from mtl_keras.callbacks.task_weight_callback import TaskWeightCallback
+from mtl_keras.task_weights import check_task_weight
 
 _KEYS = {
     "constant": {"value"},
@@ -71,7 +72,8 @@ class TaskWeightSchedule(TaskWeightCallback):
         current = self._task_weights().as_dict()
         self._fixed = {t: w for t, w in current.items() if t not in self.schedules}
 
-    def compute_weights(self, step: int, history: TaskHistory) -> dict[str, float]:
+    def compute_task_weights(self, step: int,
+                             history: TaskHistory) -> dict[str, float]:
         weights = dict(self._fixed)
         for task, spec in self.schedules.items():
             weights[task] = scheduled_value(spec, step)
@@ -143,8 +145,4 @@ def _checked(task, spec):
 
 
 def _check_weight(task, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value >= 0):
-        raise ValueError(
-            f"The schedule of task '{task}' has weight {value!r}; weights must "
-            "be finite numbers ≥ 0.")
+    check_task_weight(task, value, source="TaskWeightSchedule")

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from keras import ops
 
-from mtl_keras.balancers.base import JacobianBalancer
+from mtl_keras.balancers.base import GradientBalancer, JacobianBalancer
 
 
 class BalancedGradients(NamedTuple):
@@ -67,6 +67,36 @@ class TrainStep(NamedTuple):
     finite_tasks: Any
     gramian: Any = None
     balanced: Any = None
+
+
+def train_step(pieces, balancer, state, x, y, sample_weight):
+    """The train step on every backend: `(TrainStep, new state)`.
+
+    The backend-neutral outline; `pieces` (a `mtl_keras.engine.backend.
+    StepPieces`) is what differs per backend, and `state` whatever the
+    backend threads through a step (`None` on TensorFlow, whose variables
+    are assigned in place; the values of the variables on JAX).
+
+    1. Read the state a post-step update starts from (FAMO), if needed.
+    2. Per-task gradients and the balanced update (gradient balancers) or
+       one backward pass of the loss balancer's objective.
+    3. Apply the update unless a task loss or gradient was not finite.
+    4. The loss balancer's post-step update, from the same batch's losses
+       after the step.
+    """
+    post_step = getattr(balancer, "needs_post_step_losses", False)
+    before = pieces.state_before(state) if post_step else None
+    if isinstance(balancer, GradientBalancer):
+        step, grads, weighted, state = pieces.gradient_step(
+            state, x, y, sample_weight)
+    else:
+        step, grads, weighted, state = pieces.loss_step(state, x, y, sample_weight)
+    finite = ops.all(step.finite_tasks)
+    state = pieces.apply_if_finite(state, finite, grads)
+    if post_step:
+        state = pieces.post_step_update(state, before, x, y, sample_weight,
+                                        weighted, finite)
+    return step, state
 
 
 def flatten(tensors) -> Any:
@@ -169,7 +199,7 @@ def split_like(vector, blocks) -> list:
 
 
 class SharedStep(NamedTuple):
-    """The shared part of a balanced step (see `amortised_balance`).
+    """The shared part of a balanced step (see `mtl_keras.engine.amortise`).
 
     Attributes:
         update: The update of the shared variables or representation: one
@@ -185,83 +215,6 @@ class SharedStep(NamedTuple):
     gramian: Any
     finite_tasks: Any
     balanced: Any
-
-
-def amortised_balance(balancer, refresh, reuse) -> SharedStep:
-    """The shared step, with the weights recomputed every `update_every`.
-
-    Args:
-        balancer: The gradient balancer.
-        refresh: `refresh(state) -> (SharedStep, new_state)`: J, the
-            balancer and its update, as a pure function of the balancer's
-            state.
-        reuse: `reuse(weights) -> (update, finite_tasks)`: the shared
-            update of `Σ w_k L_k` for the given weights (one backward pass).
-
-    With `update_every == 1` this is `refresh` on every step. Otherwise,
-    when the countdown is at zero, the weights are refreshed; the new
-    balancer state, the cached weights and the countdown are assigned
-    after the conditional (a refresh whose gradients were not finite is
-    retried on the next step). For a `GramianBalancer` the update is
-    `wᵀJ = ∇ Σ w_k L_k`: the conditional yields only the weights and one
-    backward pass outside it forms the update (K + 1 passes on a refresh
-    step, 1 otherwise; a backward pass inside a conditional measured
-    slower than outside). A `JacobianBalancer`'s own update needs J: the
-    whole refresh or reuse runs in the conditional.
-    """
-    state = balancer.get_state()
-    if balancer.update_every == 1:
-        step, new_state = refresh(state)
-        balancer.set_state(new_state)
-        return step
-    cached_weights = ops.convert_to_tensor(balancer.cached_weights)
-    due = ops.equal(ops.convert_to_tensor(balancer.steps_to_refresh), 0)
-
-    if isinstance(balancer, JacobianBalancer):
-        step, new_state = _refresh_or_reuse(due, state, cached_weights,
-                                            refresh, reuse)
-    else:
-        step, new_state = _weights_then_update(due, state, cached_weights,
-                                               refresh, reuse)
-    balancer.set_state(new_state)
-    balancer.cached_weights.assign(
-        ops.where(step.balanced, step.weights, cached_weights))
-    countdown = ops.convert_to_tensor(balancer.steps_to_refresh)
-    failed_refresh = ops.logical_and(due, ops.logical_not(step.balanced))
-    balancer.steps_to_refresh.assign(ops.where(
-        failed_refresh, 0,
-        ops.where(due, balancer.update_every - 1, countdown - 1)))
-    return step
-
-
-def _weights_then_update(due, state, cached_weights, refresh, reuse):
-    num_tasks = cached_weights.shape[0]
-
-    def refresh_weights():
-        step, new_state = refresh(state)
-        return (step.weights, step.gramian, step.finite_tasks,
-                step.balanced), new_state
-
-    def keep_weights():
-        return (cached_weights, ops.zeros((num_tasks, num_tasks), "float32"),
-                ops.ones((num_tasks,), "bool"), ops.zeros((), "bool")), state
-
-    (weights, gramian, refresh_finite, balanced), new_state = ops.cond(
-        due, refresh_weights, keep_weights)
-    update, reuse_finite = reuse(weights)
-    finite_tasks = ops.logical_and(refresh_finite, reuse_finite)
-    return SharedStep(update, weights, gramian, finite_tasks, balanced), new_state
-
-
-def _refresh_or_reuse(due, state, cached_weights, refresh, reuse):
-    def reuse_cached():
-        update, finite_tasks = reuse(cached_weights)
-        no_gramian = ops.zeros((cached_weights.shape[0],) * 2, "float32")
-        return SharedStep(update, cached_weights, no_gramian, finite_tasks,
-                          ops.zeros((), "bool")), state
-
-    step, new_state = ops.cond(due, lambda: refresh(state), reuse_cached)
-    return SharedStep(*step), new_state
 
 
 def guarded_post_step(balancer, losses_before, losses_after, apply):

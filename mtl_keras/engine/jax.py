@@ -17,29 +17,14 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
-from mtl_keras import balancers as balancers_lib
 from mtl_keras.balancers.base import GradientBalancer
-from mtl_keras.engine import core
+from mtl_keras.engine import amortise, core
+from mtl_keras.engine.backend import check_jacobian_method
 from mtl_keras.engine.core import BalancedGradients
-
-#: `compile(jacobian=...)` on JAX: "loop" (K VJPs) or "pfor" (`jax.vmap`).
-JACOBIAN_METHODS = ("loop", "pfor")
-
-
-def num_replicas() -> int:
-    """Always 1: JAX arrays are global under `keras.distribution`."""
-    return 1
-
-
-def scale_for_distribution(value):
-    return value
-
-
-def unscale_for_distribution(value):
-    return value
 
 
 def replica_mean(value):
+    """`value` itself: JAX arrays are global under `keras.distribution`."""
     return value
 
 
@@ -58,14 +43,15 @@ def jacobian_blocks(vjp_fn, num_tasks: int, loss_scale=1.0,
     return [jnp.reshape(b.astype("float32"), (num_tasks, -1)) for b in stacked]
 
 
-def _shared_step(vjp_fn, task_losses, balancer, loss_scale,
+def _shared_step(vjp_fn, task_losses, runner, loss_scale,
                  jacobian) -> core.SharedStep:
-    """J from the VJP, the balancer and the shared update, with the weights
-    refreshed every `update_every` steps (see `core.amortised_balance`).
-    `vjp_fn` maps cotangents `((K,), ())` to `(shared, heads)` ones."""
+    """J from the VJP, the balancer and the shared update; `runner` is the
+    balancer or an `amortise.UpdateEvery` around it. `vjp_fn` maps
+    cotangents `((K,), ())` to `(shared, heads)` ones."""
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     task_losses = ops.cast(task_losses, "float32")
-    balancer._ensure_built(task_losses)
+    runner.ensure_built(task_losses)
+    balancer = runner.balancer if isinstance(runner, amortise.UpdateEvery) else runner
     zero = jnp.zeros((), "float32")
 
     def refresh(state):
@@ -86,7 +72,7 @@ def _shared_step(vjp_fn, task_losses, balancer, loss_scale,
             [ops.all(ops.isfinite(u)) for u in update]))
         return update, core.finite_task_flags(task_losses, grads_finite)
 
-    return core.amortised_balance(balancer, refresh, reuse)
+    return amortise.balance_step(runner, refresh, reuse)
 
 
 def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,
@@ -182,7 +168,8 @@ def balanced_gradients(
             or `loss_fn(representation, head_values)` with `representation`.
         shared_values: The shared parameters (arrays).
         head_values: The other parameters.
-        balancer: A gradient balancer (or its name).
+        balancer: A gradient balancer (or its name), or an
+            `mtl_keras.engine.UpdateEvery` around one.
         representation: For `mode="rep"` balancers (required there):
             `representation(shared_values) -> array or list of arrays`.
         loss_scale: An optional loss scale multiplying every gradient.
@@ -219,18 +206,18 @@ def balanced_gradients(
         shared, heads = new_values[:1], new_values[1:]
     ```
     """
-    balancer = balancers_lib.get(balancer)
+    balancer, runner = amortise.resolve(balancer)
     _check_balancer(balancer, jacobian, has_representation=representation is not None)
     if representation is not None:
         return _balanced_over_representation(
-            loss_fn, representation, shared_values, head_values, balancer,
+            loss_fn, representation, shared_values, head_values, runner,
             loss_scale, jacobian)
     balancer.build_for_jacobian(sum(int(v.size) for v in shared_values))
 
     def losses_and_zero(shared, heads):
         return (loss_fn(shared, heads), jnp.zeros((), "float32")), None
 
-    return _balanced_step(losses_and_zero, shared_values, head_values, balancer,
+    return _balanced_step(losses_and_zero, shared_values, head_values, runner,
                           loss_scale, jacobian)[0]
 
 
@@ -254,14 +241,22 @@ def _check_balancer(balancer, jacobian: str, has_representation: bool = False) -
     if not isinstance(balancer, GradientBalancer):
         raise ValueError(
             f"balanced_gradients needs a gradient balancer, got {balancer!r}.")
-    if jacobian not in JACOBIAN_METHODS:
-        raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+    check_jacobian_method(jacobian)
     if balancer.mode == "rep" and not has_representation:
         raise ValueError(
             f"{type(balancer).__name__}(mode='rep') differentiates with respect "
             "to the shared representation: pass `representation=` (a function "
             "`representation(shared_values) -> array(s)`, with "
             "`loss_fn(representation, head_values)`).")
+
+
+class _Values(NamedTuple):
+    """What `core.train_step` threads through a JAX step: the values."""
+
+    trainable: list
+    non_trainable: list
+    optimizer: list
+    loss_scale: object
 
 
 class _Forward(NamedTuple):
@@ -278,7 +273,9 @@ class JaxTrainer:
     """`MultiTaskModel`'s stateless train step on JAX.
 
     `train_step(state, data) -> (logs, state)` as Keras' JAX trainer
-    expects; the model's own bookkeeping (`_finish_step`) runs under a
+    expects: `core.train_step` over the JAX pieces
+    (`mtl_keras.engine.backend.StepPieces`), threading the variables'
+    values; the model's own bookkeeping (`record_train_step`) runs under a
     `keras.StatelessScope` whose updates become the new state.
 
     Args:
@@ -299,12 +296,13 @@ class JaxTrainer:
                    + list(zip(model.non_trainable_variables, non_trainable)))
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             y_pred = model(x, training=training)
-            task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+            task_losses = ops.stack(
+                model.compute_task_loss_list(y, y_pred, sample_weight))
             weighted = model.task_weights(task_losses)
             # Known at trace time; read by the engine after the VJP.
             self.has_regularization = bool(model.losses)
-            regularization = model._regularization_loss()
-            total, balance = model._balanced_total(weighted)
+            regularization = model.regularization_loss()
+            total, balance = model.balanced_total(weighted)
             total = total + regularization
         new_non_trainable = _current_values(
             scope, model.non_trainable_variables, non_trainable)
@@ -319,39 +317,35 @@ class JaxTrainer:
         with keras.StatelessScope(state_mapping=mapping):
             return ops.cast(optimizer.scale_loss(ops.ones(())), "float32")
 
-    def apply_if_finite(self, finite, grads, trainable, optimizer_values):
+    def apply_if_finite(self, values, finite, grads) -> _Values:
+        """The optimizer's step on the values, kept only when `finite`."""
         new_trainable, new_optimizer = self.model.optimizer.stateless_apply(
-            optimizer_values, grads, trainable)
+            values.optimizer, grads, values.trainable)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        return ([keep(n, o) for n, o in zip(new_trainable, trainable)],
-                [keep(n, o) for n, o in zip(new_optimizer, optimizer_values)])
+        return values._replace(
+            trainable=[keep(n, o) for n, o in zip(new_trainable, values.trainable)],
+            optimizer=[keep(n, o) for n, o in zip(new_optimizer, values.optimizer)])
 
     # ------------------------------------------------------------ the step
 
     def train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metrics_values = state
-        state_before = non_trainable
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        loss_scale = self.loss_scale(optimizer_values)
-        if isinstance(self.model.balancer, GradientBalancer):
-            (step, weighted), grads, non_trainable = self.gradient_step(
-                trainable, non_trainable, x, y, sample_weight, loss_scale)
-        else:
-            (step, weighted), grads, non_trainable = self.loss_step(
-                trainable, non_trainable, x, y, sample_weight, loss_scale)
-        finite = ops.all(step.finite_tasks)
-        new_trainable, optimizer_values = self.apply_if_finite(
-            finite, grads, trainable, optimizer_values)
-        if getattr(self.model.balancer, "needs_post_step_losses", False):
-            non_trainable = self.post_step_update(
-                new_trainable, state_before, non_trainable, x, y, sample_weight,
-                weighted, finite)
+        values = _Values(trainable, non_trainable, optimizer_values,
+                         self.loss_scale(optimizer_values))
+        step, values = core.train_step(self, self.model.balancer, values, x, y,
+                                       sample_weight)
         logs, non_trainable, metrics_values = self.finish(
-            x, y, sample_weight, step, non_trainable, metrics_values)
-        return logs, (new_trainable, non_trainable, optimizer_values,
+            x, y, sample_weight, step, values.non_trainable, metrics_values)
+        return logs, (values.trainable, non_trainable, values.optimizer,
                       metrics_values)
 
-    def loss_step(self, trainable, non_trainable, x, y, sample_weight, loss_scale):
+    def state_before(self, values) -> list:
+        """The non-trainable values the step starts from."""
+        return values.non_trainable
+
+    def loss_step(self, values, x, y, sample_weight):
+        trainable, non_trainable, _, loss_scale = values
         scale = 1.0 if loss_scale is None else loss_scale
 
         def scaled_total(values):
@@ -370,15 +364,16 @@ class JaxTrainer:
             balance=forward.balance,
             loss=ops.sum(forward.weighted) + forward.regularization,
             balanced_loss=forward.total, finite_tasks=finite_tasks)
-        return _Step(step, forward.weighted), grads, forward.non_trainable
+        return (step, grads, forward.weighted,
+                values._replace(non_trainable=forward.non_trainable))
 
-    def gradient_step(self, trainable, non_trainable, x, y, sample_weight,
-                      loss_scale):
+    def gradient_step(self, values, x, y, sample_weight):
         model = self.model
         if model.balancer.mode == "rep":
-            return self.rep_gradient_step(trainable, non_trainable, x, y,
-                                          sample_weight, loss_scale)
-        _check_balancer(model.balancer, model._jacobian_method)
+            return self.rep_gradient_step(values, x, y, sample_weight)
+        trainable, non_trainable, _, loss_scale = values
+        _check_balancer(model.balancer, model.jacobian_method)
+        runner = model.update_schedule or model.balancer
         shared_ids = {id(v) for v in model.shared_variables}
         is_shared = [id(v) in shared_ids for v in model.trainable_variables]
         shared = [t for t, s in zip(trainable, is_shared) if s]
@@ -393,14 +388,14 @@ class JaxTrainer:
         mapping = list(zip(model.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             result, forward = _balanced_step(
-                losses, shared, heads, model.balancer, loss_scale,
-                model._jacobian_method,
+                losses, shared, heads, runner, loss_scale,
+                model.jacobian_method,
                 has_regularization=lambda: self.has_regularization)
             balancer_values = _current_values(
                 scope, model.non_trainable_variables, non_trainable)
         # Forward-pass updates (batch statistics, seeds), then the
         # balancer's new state.
-        balancer_ids = {id(v) for v in model.balancer.non_trainable_variables}
+        balancer_ids = {id(v) for v in amortise.runner_variables(runner)}
         non_trainable = [
             b if id(v) in balancer_ids else f
             for v, f, b in zip(model.non_trainable_variables,
@@ -416,10 +411,10 @@ class JaxTrainer:
                            + forward.regularization),
             finite_tasks=result.finite_tasks,
             gramian=result.gramian, balanced=result.balanced)
-        return _Step(step, forward.weighted), grads, non_trainable
+        return (step, grads, forward.weighted,
+                values._replace(non_trainable=non_trainable))
 
-    def rep_gradient_step(self, trainable, non_trainable, x, y, sample_weight,
-                          loss_scale):
+    def rep_gradient_step(self, values, x, y, sample_weight):
         """`mode="rep"` (MGDA-UB): J over the shared representation.
 
         The forward is split at `shared=` into a trunk (inputs → the shared
@@ -429,8 +424,10 @@ class JaxTrainer:
         update. Regularization gets its own gradient.
         """
         model = self.model
-        _check_balancer(model.balancer, model._jacobian_method,
+        trainable, non_trainable, _, loss_scale = values
+        _check_balancer(model.balancer, model.jacobian_method,
                         has_representation=True)
+        runner = model.update_schedule or model.balancer
         trunk_model, heads_model = self._split_models()
         # Arrays, not NumPy: a functional call refuses a mix of the two.
         x = keras.tree.map_structure(ops.convert_to_tensor, x)
@@ -458,7 +455,8 @@ class JaxTrainer:
         def heads_fn(features, head_values):
             with scope_for(shared, head_values, after_trunk[0]) as scope:
                 y_pred = heads_model([x, features], training=True)
-                task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+                task_losses = ops.stack(
+                    model.compute_task_loss_list(y, y_pred, sample_weight))
                 weighted = model.task_weights(task_losses)
             forward_values = _current_values(
                 scope, model.non_trainable_variables, after_trunk[0])
@@ -467,14 +465,14 @@ class JaxTrainer:
         mapping = list(zip(model.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             result, _, aux = _rep_balanced_step(
-                trunk_fn, heads_fn, shared, heads, model.balancer, loss_scale,
-                model._jacobian_method)
+                trunk_fn, heads_fn, shared, heads, runner, loss_scale,
+                model.jacobian_method)
             balancer_values = _current_values(
                 scope, model.non_trainable_variables, non_trainable)
         y_pred, task_losses, weighted, forward_values = aux
         regularization, regularization_grads = self.regularization_gradients(
             trainable, non_trainable, x, loss_scale)
-        balancer_ids = {id(v) for v in model.balancer.non_trainable_variables}
+        balancer_ids = {id(v) for v in amortise.runner_variables(runner)}
         non_trainable = [
             b if id(v) in balancer_ids else f
             for v, f, b in zip(model.non_trainable_variables, forward_values,
@@ -490,7 +488,7 @@ class JaxTrainer:
             balanced_loss=ops.sum(result.weights * weighted) + regularization,
             finite_tasks=result.finite_tasks,
             gramian=result.gramian, balanced=result.balanced)
-        return _Step(step, weighted), grads, non_trainable
+        return step, grads, weighted, values._replace(non_trainable=non_trainable)
 
     def regularization_gradients(self, trainable, non_trainable, x, loss_scale):
         """`(regularization, its (loss-scaled) gradients or None)`.
@@ -508,7 +506,7 @@ class JaxTrainer:
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
                 model(x, training=True)
                 has_losses.append(bool(model.losses))
-                return model._regularization_loss()
+                return model.regularization_loss()
 
         regularization, vjp_fn = jax.vjp(regularization_fn, list(trainable))
         if not has_losses[0]:
@@ -521,8 +519,8 @@ class JaxTrainer:
         """`(trunk, heads)`: functional views of the model cut at `shared=`."""
         if getattr(self, "_split", None) is None:
             model = self.model
-            model._representation_model()  # a clear error without `shared=`
-            shared = keras.tree.flatten(model._shared_tensor)
+            model.representation_model()  # a clear error without `shared=`
+            shared = keras.tree.flatten(model.shared_tensors)
             task_outputs = {t: model.outputs[i]
                             for i, t in enumerate(model.task_names)}
             trunk = keras.Model(model.input, shared)
@@ -530,34 +528,37 @@ class JaxTrainer:
             self._split = (trunk, heads)
         return self._split
 
-    def post_step_update(self, trainable, state_before, non_trainable, x, y,
-                         sample_weight, losses_before, finite):
+    def post_step_update(self, values, before, x, y, sample_weight,
+                         losses_before, finite) -> _Values:
         """FAMO-style: the same batch's losses after the optimizer step.
 
-        The second forward pass runs in training mode from `state_before`
-        (the non-trainable values the step started from: the step's own
-        dropout masks) and its new state is dropped (no second batch-norm
-        update), so the two losses differ only by the optimizer's update.
-        The balancer's update lands on `non_trainable`, the step's state.
+        The second forward pass runs in training mode from `before` (the
+        non-trainable values the step started from: the step's own dropout
+        masks) with the updated trainable values, and its new state is
+        dropped (no second batch-norm update), so the two losses differ only
+        by the optimizer's update. The balancer's update lands on the step's
+        non-trainable values.
         """
         model = self.model
-        after = self.forward(trainable, state_before, x, y, sample_weight).weighted
-        before = ops.stop_gradient(losses_before)
+        non_trainable = values.non_trainable
+        after = self.forward(values.trainable, before, x, y, sample_weight).weighted
+        losses_before = ops.stop_gradient(losses_before)
         apply = ops.logical_and(finite, ops.all(ops.isfinite(after)))
         mapping = list(zip(model.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            core.guarded_post_step(model.balancer, before, after, apply)
-        return _current_values(scope, model.non_trainable_variables, non_trainable)
+            core.guarded_post_step(model.balancer, losses_before, after, apply)
+        return values._replace(non_trainable=_current_values(
+            scope, model.non_trainable_variables, non_trainable))
 
     def test_step(self, state, data):
-        """`(logs, state)`: the model's `_evaluate_batch`, statelessly."""
+        """`(logs, state)`: the model's `record_test_step`, statelessly."""
         model = self.model
         trainable, non_trainable, metrics_values = state
         mapping = (list(zip(model.trainable_variables, trainable))
                    + list(zip(model.non_trainable_variables, non_trainable))
                    + list(zip(model.metrics_variables, metrics_values)))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = model._evaluate_batch(data)
+            logs = model.record_test_step(data)
         return logs, (
             trainable,
             _current_values(scope, model.non_trainable_variables, non_trainable),
@@ -570,15 +571,10 @@ class JaxTrainer:
         mapping = (list(zip(model.non_trainable_variables, non_trainable))
                    + list(zip(model.metrics_variables, metrics_values)))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            logs = model._finish_step(x, y, sample_weight, step)
+            logs = model.record_train_step(x, y, sample_weight, step)
         return (logs,
                 _current_values(scope, model.non_trainable_variables, non_trainable),
                 _current_values(scope, model.metrics_variables, metrics_values))
-
-
-class _Step(NamedTuple):
-    train_step: core.TrainStep
-    weighted_before: object
 
 
 def _current_values(scope, variables, defaults) -> list:
@@ -587,3 +583,21 @@ def _current_values(scope, variables, defaults) -> list:
         value = scope.get_current_value(variable)
         values.append(default if value is None else value)
     return values
+
+
+class JaxBackend:
+    """The JAX engine, as registered (`mtl_keras.engine.get_backend`)."""
+
+    name = "jax"
+    trainer = staticmethod(JaxTrainer)
+    replica_mean = staticmethod(replica_mean)
+    balanced_gradients = staticmethod(balanced_gradients)
+
+    @staticmethod
+    def step_logs(model, logs: dict) -> dict:
+        """The logs unchanged: JAX arrays are global."""
+        del model
+        return logs
+
+
+BACKEND = JaxBackend()

@@ -13,13 +13,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from mtl_keras import balancers as balancers_lib
 from mtl_keras.balancers.base import GradientBalancer
-from mtl_keras.engine import core
+from mtl_keras.engine import amortise, core
+from mtl_keras.engine.backend import check_jacobian_method
 from mtl_keras.engine.core import BalancedGradients
-
-JACOBIAN_METHODS = ("loop", "pfor")
-
 
 # ------------------------------------------------------------ replicas
 
@@ -182,7 +179,8 @@ def balanced_gradients(
         shared_variables: The variables shared by the tasks.
         head_variables: The other trainable variables (task heads, a
             learnable balancer's variables).
-        balancer: A `mtl_keras.balancers.GradientBalancer` (or its name).
+        balancer: A `mtl_keras.balancers.GradientBalancer` (or its name),
+            or an `mtl_keras.engine.UpdateEvery` around one.
         representation: For `mode="rep"` balancers: the shared
             representation tensor (or a list of tensors), recorded on the
             tape; J is taken over it and the update pulled back through the
@@ -230,14 +228,13 @@ def balanced_gradients(
         optimizer.apply(result.grads, shared + head_variables)
     ```
     """
-    balancer = balancers_lib.get(balancer)
+    balancer, runner = amortise.resolve(balancer)
     if not isinstance(balancer, GradientBalancer):
         raise ValueError(
             f"balanced_gradients needs a gradient balancer, got {balancer!r}; "
             "a loss balancer needs no per-task gradients: differentiate "
             "`balancer.total_loss(task_losses)` instead.")
-    if jacobian not in JACOBIAN_METHODS:
-        raise ValueError(f"jacobian must be 'loop' or 'pfor', got {jacobian!r}.")
+    check_jacobian_method(jacobian)
     if balancer.mode == "rep" and representation is None:
         raise ValueError(
             f"{type(balancer).__name__}(mode='rep') differentiates with "
@@ -246,13 +243,13 @@ def balanced_gradients(
                 else task_losses)
     task_losses = ops.cast(ops.stack(recorded) if isinstance(recorded, list)
                            else recorded, "float32")
-    balancer._ensure_built(task_losses)
+    runner.ensure_built(task_losses)
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     targets = (list(shared_variables) if representation is None
                else keras.tree.flatten(representation))
     if representation is None:
         balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
-    step = _shared_step(tape, recorded, task_losses, targets, balancer, jacobian,
+    step = _shared_step(tape, recorded, task_losses, targets, runner, jacobian,
                         scale, loss_scale is not None)
     weights = step.weights
     # J was summed over replicas and optimizer.apply sums again.
@@ -280,14 +277,16 @@ def balanced_gradients(
         balanced=step.balanced)
 
 
-def _shared_step(tape, recorded, task_losses, targets, balancer, method, scale,
+def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
                  loss_scaled: bool) -> core.SharedStep:
-    """J, the balancer and the shared update (see `core.amortised_balance`).
+    """J, the balancer and the shared update (`runner`: the balancer or an
+    `amortise.UpdateEvery` around it).
 
     Under several replicas J is all-reduced before the conditional (a
     collective cannot run inside one), so `update_every` then saves the
     balancing math but not the K backward passes.
     """
+    balancer = runner.balancer if isinstance(runner, amortise.UpdateEvery) else runner
     global_losses = all_reduce_sum(ops.stop_gradient(task_losses))
 
     def jacobian():
@@ -308,8 +307,8 @@ def _shared_step(tape, recorded, task_losses, targets, balancer, method, scale,
 
     if num_replicas() > 1:
         shared_blocks = jacobian()
-        return core.amortised_balance(
-            balancer, lambda state: balance(shared_blocks, state),
+        return amortise.balance_step(
+            runner, lambda state: balance(shared_blocks, state),
             lambda weights: _reuse_with_jacobian(
                 shared_blocks, task_losses, weights, loss_scaled))
 
@@ -321,8 +320,8 @@ def _shared_step(tape, recorded, task_losses, targets, balancer, method, scale,
             [ops.all(ops.isfinite(u)) for u in update]))
         return update, core.finite_task_flags(task_losses, grads_finite)
 
-    return core.amortised_balance(
-        balancer, lambda state: balance(jacobian(), state), reuse)
+    return amortise.balance_step(
+        runner, lambda state: balance(jacobian(), state), reuse)
 
 
 def _reuse_with_jacobian(blocks, task_losses, weights, loss_scaled):
@@ -334,24 +333,26 @@ def _reuse_with_jacobian(blocks, task_losses, weights, loss_scaled):
 # ------------------------------------------------------------ the trainer
 
 class TensorFlowTrainer:
-    """`MultiTaskModel`'s train step on TensorFlow.
+    """`MultiTaskModel`'s train step on TensorFlow: the TensorFlow pieces
+    (`mtl_keras.engine.backend.StepPieces`) of `core.train_step`.
 
     It computes the gradients (one backward pass for loss balancers, the
     engine for gradient balancers), checks that they are finite, applies
     them and runs post-step balancer updates; the model keeps the loss and
-    metric bookkeeping.
+    metric bookkeeping. Variables are assigned in place: the state threaded
+    through `core.train_step` is `None`.
 
     Args:
-        model: The `MultiTaskModel` to train.
+        model: The `MultiTaskModel` to train (an `EngineModel`).
     """
 
     def __init__(self, model):
         self.model = model
 
     def train_step(self, x, y, sample_weight) -> core.TrainStep:
-        if isinstance(self.model.balancer, GradientBalancer):
-            return self.gradient_step(x, y, sample_weight)
-        return self.loss_step(x, y, sample_weight)
+        step, _ = core.train_step(self, self.model.balancer, None, x, y,
+                                  sample_weight)
+        return step
 
     def loss_scale(self):
         """The optimizer's dynamic loss scale, or `None` without one."""
@@ -360,20 +361,22 @@ class TensorFlowTrainer:
             return ops.cast(optimizer.scale_loss(ops.ones(())), "float32")
         return None
 
-    def loss_step(self, x, y, sample_weight) -> core.TrainStep:
+    def state_before(self, state):
+        """The non-trainable values, read before the forward pass advances
+        the dropout seeds."""
+        del state
+        return [tf.identity(v.value) for v in self.model.non_trainable_variables]
+
+    def loss_step(self, state, x, y, sample_weight):
         model = self.model
-        post_step = getattr(model.balancer, "needs_post_step_losses", False)
-        if post_step:
-            # Read before the forward pass advances the dropout seeds.
-            state_before = [tf.identity(v.value)
-                            for v in model.non_trainable_variables]
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            task_losses = model.compute_task_losses(y, y_pred, sample_weight)
+            task_losses = ops.stack(
+                model.compute_task_loss_list(y, y_pred, sample_weight))
             weighted = model.task_weights(task_losses)
             replicas_weighted = global_value_local_gradient(weighted)
-            total, balance = model._balanced_total(replicas_weighted)
-            regularization = model._regularization_loss()
+            total, balance = model.balanced_total(replicas_weighted)
+            regularization = model.regularization_loss()
             loss = scale_for_distribution(total + regularization)
             scaled_loss = model.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, model.trainable_variables)
@@ -382,61 +385,51 @@ class TensorFlowTrainer:
             grads_finite = ops.all(ops.stack(
                 [ops.all(ops.isfinite(g)) for g in grads if g is not None]))
         finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
-        finite = ops.all(finite_tasks)
-        self.apply_if_finite(finite, grads)
-        if post_step:
-            self.post_step_update(x, y, sample_weight, replicas_weighted,
-                                  finite, state_before)
-        return core.TrainStep(
+        step = core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=balance,
             loss=ops.sum(weighted) + regularization,
             balanced_loss=total + regularization, finite_tasks=finite_tasks)
+        return step, grads, replicas_weighted, state
 
-    def gradient_step(self, x, y, sample_weight) -> core.TrainStep:
+    def gradient_step(self, state, x, y, sample_weight):
         model = self.model
         rep_mode = model.balancer.mode == "rep"
         representation = None
         with tf.GradientTape(persistent=True) as tape:
             if rep_mode:
-                y_pred, representation = model._representation_model()(
+                y_pred, representation = model.representation_model()(
                     x, training=True)
             else:
                 y_pred = model(x, training=True)
-            losses = model._engine_task_losses(y, y_pred, sample_weight)
-            if isinstance(losses, list):
-                # Kept per task for the loop Jacobian (see `jacobian_blocks`).
-                task_weights = ops.cast(model.task_weights.values, "float32")
-                recorded = [scale_for_distribution(task_weights[k] * loss)
-                            for k, loss in enumerate(losses)]
-                task_losses, weighted = ops.stack(losses), ops.stack(recorded)
-            else:
-                task_losses = losses
-                weighted = scale_for_distribution(model.task_weights(task_losses))
-                recorded = weighted
-            regularization = (scale_for_distribution(model._regularization_loss())
+            losses = model.compute_task_loss_list(y, y_pred, sample_weight)
+            # Kept per task for the loop Jacobian (see `jacobian_blocks`).
+            task_weights = ops.cast(model.task_weights.values, "float32")
+            recorded = [scale_for_distribution(task_weights[k] * loss)
+                        for k, loss in enumerate(losses)]
+            task_losses, weighted = ops.stack(losses), ops.stack(recorded)
+            regularization = (scale_for_distribution(model.regularization_loss())
                               if model.losses else None)
         result = balanced_gradients(
-            tape, recorded if model._jacobian_method == "loop" else weighted,
+            tape, recorded if model.jacobian_method == "loop" else weighted,
             model.shared_variables, model.head_variables,
-            model.balancer, representation=representation,
+            model.update_schedule or model.balancer, representation=representation,
             regularization=regularization, loss_scale=self.loss_scale(),
-            jacobian=model._jacobian_method)
+            jacobian=model.jacobian_method)
         del tape
         by_id = {id(v): g for v, g in zip(
             model.shared_variables + model.head_variables, result.grads)}
-        finite = ops.all(result.finite_tasks)
-        self.apply_if_finite(
-            finite, [by_id[id(v)] for v in model.trainable_variables])
         extra = 0.0 if regularization is None else regularization
-        return core.TrainStep(
+        step = core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=result.weights,
             loss=unscale_for_distribution(ops.sum(weighted) + extra),
             balanced_loss=unscale_for_distribution(
                 ops.sum(result.weights * weighted) + extra),
             finite_tasks=result.finite_tasks, gramian=result.gramian,
             balanced=result.balanced)
+        grads = [by_id[id(v)] for v in model.trainable_variables]
+        return step, grads, weighted, state
 
-    def apply_if_finite(self, finite, grads) -> None:
+    def apply_if_finite(self, state, finite, grads):
         """Applies the gradients unless `finite` is false."""
         optimizer = self.model.optimizer
         trainable = self.model.trainable_variables
@@ -446,28 +439,57 @@ class TensorFlowTrainer:
             grads = [None if g is None else ops.where(finite, g, ops.zeros_like(g))
                      for g in grads]
             optimizer.apply(grads, trainable)
-            return
+            return state
         ops.cond(finite, lambda: optimizer.apply(grads, trainable), lambda: None)
+        return state
 
-    def post_step_update(self, x, y, sample_weight, losses_before, finite,
-                         state_before) -> None:
+    def post_step_update(self, state, before, x, y, sample_weight,
+                         weighted, finite):
         """FAMO-style: the same batch's losses after the optimizer step.
 
-        The second forward pass runs in training mode from `state_before`
-        (the non-trainable values the step started from), inside a
+        The second forward pass runs in training mode from `before` (the
+        non-trainable values the step started from), inside a
         `keras.StatelessScope`: it draws the step's own dropout masks and
         changes no state (no second batch-norm update), so the two losses
-        differ only by the optimizer's update. `losses_before` are already
-        the mean over replicas; the losses after are averaged here.
+        differ only by the optimizer's update. `weighted` (the losses
+        before) are already the mean over replicas; the losses after are
+        averaged here.
         """
         model = self.model
-        mapping = list(zip(model.non_trainable_variables, state_before))
+        mapping = list(zip(model.non_trainable_variables, before))
         with keras.StatelessScope(state_mapping=mapping):
             y_pred = model(x, training=True)
-            losses_after = model.task_weights(
-                model.compute_task_losses(y, y_pred, sample_weight))
-        losses_before = ops.stop_gradient(losses_before)
+            losses_after = model.task_weights(ops.stack(
+                model.compute_task_loss_list(y, y_pred, sample_weight)))
+        losses_before = ops.stop_gradient(weighted)
         losses_after = replica_mean(ops.stop_gradient(losses_after))
         core.guarded_post_step(
             model.balancer, losses_before, losses_after,
             ops.logical_and(finite, ops.all(ops.isfinite(losses_after))))
+        return state
+
+
+def step_logs(model, logs: dict) -> dict:
+    """The step's logs as `tf.distribute` reduces them.
+
+    Keras 3.15 reduces a multi-worker step's logs with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars (for a
+    plain keras.Model too); a (1,) shape reduces to the scalar.
+    """
+    strategy = model.distribute_strategy
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
+class TensorFlowBackend:
+    """The TensorFlow engine, as registered (`mtl_keras.engine.get_backend`)."""
+
+    name = "tensorflow"
+    trainer = staticmethod(TensorFlowTrainer)
+    replica_mean = staticmethod(replica_mean)
+    step_logs = staticmethod(step_logs)
+    balanced_gradients = staticmethod(balanced_gradients)
+
+
+BACKEND = TensorFlowBackend()

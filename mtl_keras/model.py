@@ -445,7 +445,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 check_sample_weight_shape(task, weight, y_pred[task])
             labels = check_class_ids(task, loss_fn, y[task], y_pred[task])
             losses.append(masked_task_loss(loss_fn, labels, y_pred[task], weight,
-                                           count=_mean_over_replicas))
+                                           count=self._backend.replica_mean))
         return losses
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
@@ -504,7 +504,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         """
         if len(args) == 2:
             return self._trainer.test_step(*args)
-        return engine.get_backend().step_logs(self, self.record_test_step(args[0]))
+        return self._backend.step_logs(self, self.record_test_step(args[0]))
 
     def record_test_step(self, data) -> dict:
         """Evaluates one batch and updates the trackers and metrics: the
@@ -555,7 +555,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self._diagnostic_trackers[0].update_state(
                 values, sample_weight=ops.cast(step.balanced, "float32"))
         logs = self.compute_metrics(x, y, step.y_pred, sample_weight=sample_weight)
-        return engine.get_backend().step_logs(self, logs)
+        return self._backend.step_logs(self, logs)
 
     @property
     def _trainer(self):
@@ -567,7 +567,16 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return trainer
 
     def _make_trainer(self):
-        return engine.get_backend().trainer(self)
+        return self._backend.trainer(self)
+
+    @property
+    def _backend(self) -> engine.Backend:
+        """The engine of the current Keras backend (untracked)."""
+        backend = self.__dict__.get("_backend_instance")
+        if backend is None:
+            backend = engine.get_backend()
+            object.__setattr__(self, "_backend_instance", backend)
+        return backend
 
     def _record_finite(self, finite_tasks):
         """Flags the tasks of a skipped step; returns whether all are finite."""
@@ -674,11 +683,6 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _mean_over_replicas(value):
-    """The mean of `value` over the replicas in sync (itself on one device)."""
-    return engine.get_backend().replica_mean(value)
 
 
 def _loss_list_from_tensor(self, y, y_pred, sample_weight=None) -> list:

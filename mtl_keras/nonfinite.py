@@ -31,8 +31,12 @@ class NonFiniteTasks(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.task_names = list(task_names)
         self.values = self.add_weight(
-            shape=(len(self.task_names),), initializer="zeros", trainable=False,
-            name="nonfinite_tasks", aggregation="only_first_replica")
+            shape=(len(self.task_names),),
+            initializer="zeros",
+            trainable=False,
+            name="nonfinite_tasks",
+            aggregation="only_first_replica",
+        )
         self.built = True
 
     def record(self, finite_tasks):
@@ -41,7 +45,8 @@ class NonFiniteTasks(keras.layers.Layer):
         finite = ops.all(finite_tasks)
         not_finite = 1.0 - ops.cast(finite_tasks, self.values.dtype)
         self.values.assign(
-            ops.where(finite, ops.convert_to_tensor(self.values), not_finite))
+            ops.where(finite, ops.convert_to_tensor(self.values), not_finite)
+        )
         return finite
 
     def load_own_variables(self, store):

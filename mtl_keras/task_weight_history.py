@@ -40,12 +40,17 @@ class TaskWeightHistory(keras.layers.Layer):
         self.task_names = list(task_names)
         num_tasks = len(self.task_names)
         self.rows = self.add_weight(
-            shape=(self.CAPACITY + 1, num_tasks), initializer="zeros",
-            trainable=False, name="history")
+            shape=(self.CAPACITY + 1, num_tasks),
+            initializer="zeros",
+            trainable=False,
+            name="history",
+        )
         self.count = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="history_count")
+            shape=(), initializer="zeros", trainable=False, name="history_count"
+        )
         self.owner = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="history_owner")
+            shape=(), initializer="zeros", trainable=False, name="history_owner"
+        )
         self.built = True
 
     def read(self) -> tuple[np.ndarray, int, float]:

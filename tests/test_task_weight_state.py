@@ -25,19 +25,24 @@ def test_task_weights_hold_the_weights_only():
     assert model.nonfinite_tasks is model.nonfinite_flags.values
 
 
-@pytest.mark.parametrize("value, message", [
-    (-1.0, "must be finite"), (float("nan"), "must be finite"),
-    (float("inf"), "must be finite"), (1e39, "must be finite"),
-    ("heavy", "must be a number"), (None, "must be a number"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (-1.0, "must be finite"),
+        (float("nan"), "must be finite"),
+        (float("inf"), "must be finite"),
+        (1e39, "must be finite"),
+        ("heavy", "must be a number"),
+        (None, "must be a number"),
+    ],
+)
 def test_one_check_for_every_task_weight(value, message):
     with pytest.raises(ValueError, match=f"weight of task 'b' {message}"):
         check_task_weight("b", value)
     model = tiny_network()
     # compile, set_task_weights and TaskWeights.assign all use it.
     with pytest.raises(ValueError, match=f"weight of task 'b' {message}"):
-        model.compile(optimizer="sgd", loss=LOSSES,
-                      loss_weights={"a": 1.0, "b": value})
+        model.compile(optimizer="sgd", loss=LOSSES, loss_weights={"a": 1.0, "b": value})
     with pytest.raises(ValueError, match=f"weight of task 'b' {message}"):
         model.set_task_weights({"b": value})
     with pytest.raises(ValueError, match=f"weight of task 'b' {message}"):
@@ -60,6 +65,7 @@ def test_the_history_keeps_the_first_and_the_last_observations():
 
 def test_the_old_rule_name_still_works_with_a_warning():
     with pytest.warns(DeprecationWarning, match="compute_task_weights"):
+
         class Old(TaskWeightCallback):
             def compute_weights(self, step, history):
                 return {"a": 1.0, "b": 0.5 * (step + 1)}
@@ -90,8 +96,16 @@ def test_a_file_saved_before_the_split_resumes_exactly(tmp_path):
     x, y = tiny_data(n=64)
 
     def fit(model, epochs, initial_epoch=0):
-        model.fit(x, y, batch_size=16, epochs=epochs, initial_epoch=initial_epoch,
-                  shuffle=False, verbose=0, callbacks=[DynamicWeightAverage()])
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[DynamicWeightAverage()],
+        )
 
     def compiled():
         model = tiny_network()
@@ -114,8 +128,11 @@ def test_a_file_saved_before_the_split_resumes_exactly(tmp_path):
     fit(resumed, 5, initial_epoch=3)
 
     def state(model):
-        return (model.trainable_weights + model.task_weights.weights
-                + model.task_weight_history.weights)
+        return (
+            model.trainable_weights
+            + model.task_weights.weights
+            + model.task_weight_history.weights
+        )
 
     for a, b in zip(state(straight), state(resumed), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -20,7 +20,7 @@ from mtl_keras.balancers.base import (
     JacobianBalancer,
     check_update_every,
 )
-from mtl_keras.engine.core import SharedStep
+from mtl_keras.engine.core import SharedStep, every_step
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -59,15 +59,15 @@ class UpdateEvery(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, balancer, every: int = 1, name: str | None = None,
-                 **kwargs):
+    def __init__(self, balancer, every: int = 1, name: str | None = None, **kwargs):
         super().__init__(name=name, **kwargs)
         balancer = balancers_lib.get(balancer)
         if not isinstance(balancer, GradientBalancer):
             raise ValueError(
                 "update_every recomputes a gradient balancer's weights every N "
                 f"steps; got {balancer!r}. A loss balancer costs one backward "
-                "pass already.")
+                "pass already."
+            )
         # Untracked: the method's own state is saved by the balancer's owner.
         object.__setattr__(self, "balancer", balancer)
         self.every = check_update_every(every)
@@ -88,11 +88,20 @@ class UpdateEvery(keras.layers.Layer):
         if self.every > 1:
             num_tasks = len(self.balancer.task_names)
             self.cached_weights = self.add_weight(
-                shape=(num_tasks,), initializer="ones", trainable=False,
-                name="cached_weights", aggregation="only_first_replica")
+                shape=(num_tasks,),
+                initializer="ones",
+                trainable=False,
+                name="cached_weights",
+                aggregation="only_first_replica",
+            )
             self.steps_to_refresh = self.add_weight(
-                shape=(), initializer="zeros", dtype="int32", trainable=False,
-                name="steps_to_refresh", aggregation="only_first_replica")
+                shape=(),
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
+                name="steps_to_refresh",
+                aggregation="only_first_replica",
+            )
         self.built = True
 
     def build(self, input_shape=None):
@@ -105,8 +114,9 @@ class UpdateEvery(keras.layers.Layer):
 
     def state_variables(self) -> list:
         """The balancer's state and the cache: what a step may assign."""
-        return (list(self.balancer.non_trainable_variables)
-                + list(self.non_trainable_variables))
+        return list(self.balancer.non_trainable_variables) + list(
+            self.non_trainable_variables
+        )
 
     def step(self, refresh, reuse) -> SharedStep:
         """The shared step, with the weights recomputed every `every` steps.
@@ -136,18 +146,22 @@ class UpdateEvery(keras.layers.Layer):
         cached_weights = ops.convert_to_tensor(self.cached_weights)
         due = ops.equal(ops.convert_to_tensor(self.steps_to_refresh), 0)
         if isinstance(balancer, JacobianBalancer):
-            step, new_state = _refresh_or_reuse(due, state, cached_weights,
-                                                refresh, reuse)
+            step, new_state = _refresh_or_reuse(
+                due, state, cached_weights, refresh, reuse
+            )
         else:
-            step, new_state = _weights_then_update(due, state, cached_weights,
-                                                   refresh, reuse)
+            step, new_state = _weights_then_update(
+                due, state, cached_weights, refresh, reuse
+            )
         balancer.set_state(new_state)
         self.cached_weights.assign(
-            ops.where(step.balanced, step.weights, cached_weights))
+            ops.where(step.balanced, step.weights, cached_weights)
+        )
         countdown = ops.convert_to_tensor(self.steps_to_refresh)
         failed_refresh = ops.logical_and(due, ops.logical_not(step.balanced))
-        self.steps_to_refresh.assign(ops.where(
-            failed_refresh, 0, ops.where(due, self.every - 1, countdown - 1)))
+        self.steps_to_refresh.assign(
+            ops.where(failed_refresh, 0, ops.where(due, self.every - 1, countdown - 1))
+        )
         return step
 
     def load_own_variables(self, store):
@@ -162,28 +176,17 @@ class UpdateEvery(keras.layers.Layer):
         super().load_own_variables(store)
 
     def get_config(self) -> dict:
-        return {"name": self.name, "every": self.every,
-                "balancer": keras.saving.serialize_keras_object(self.balancer)}
+        return {
+            "name": self.name,
+            "every": self.every,
+            "balancer": keras.saving.serialize_keras_object(self.balancer),
+        }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["balancer"] = balancers_lib.get(config["balancer"])
         return cls(**config)
-
-
-def every_step(balancer, refresh) -> SharedStep:
-    """The shared step of a balancer that runs on every step."""
-    step, new_state = refresh(balancer.get_state())
-    balancer.set_state(new_state)
-    return step
-
-
-def balance_step(runner, refresh, reuse) -> SharedStep:
-    """The shared step of a balancer, or of an `UpdateEvery` around one."""
-    if isinstance(runner, UpdateEvery):
-        return runner.step(refresh, reuse)
-    return every_step(runner, refresh)
 
 
 def runner_variables(runner) -> list:
@@ -232,14 +235,16 @@ def wrap(balancer, update_every: int | None):
     if legacy not in (1, update_every):
         raise ValueError(
             f"compile(update_every={update_every}) and the balancer's "
-            f"deprecated update_every={legacy} disagree: give compile's only.")
+            f"deprecated update_every={legacy} disagree: give compile's only."
+        )
     if update_every == 1:
         return None
     if not isinstance(balancer, GradientBalancer):
         raise ValueError(
             f"update_every={update_every} recomputes a gradient balancer's "
             f"weights every N steps; the balancer is {balancer!r}. Drop "
-            "update_every, or use a gradient balancer.")
+            "update_every, or use a gradient balancer."
+        )
     return UpdateEvery(balancer, update_every)
 
 
@@ -248,15 +253,19 @@ def _weights_then_update(due, state, cached_weights, refresh, reuse):
 
     def refresh_weights():
         step, new_state = refresh(state)
-        return (step.weights, step.gramian, step.finite_tasks,
-                step.balanced), new_state
+        return (step.weights, step.gramian, step.finite_tasks, step.balanced), new_state
 
     def keep_weights():
-        return (cached_weights, ops.zeros((num_tasks, num_tasks), "float32"),
-                ops.ones((num_tasks,), "bool"), ops.zeros((), "bool")), state
+        return (
+            cached_weights,
+            ops.zeros((num_tasks, num_tasks), "float32"),
+            ops.ones((num_tasks,), "bool"),
+            ops.zeros((), "bool"),
+        ), state
 
     (weights, gramian, refresh_finite, balanced), new_state = ops.cond(
-        due, refresh_weights, keep_weights)
+        due, refresh_weights, keep_weights
+    )
     update, reuse_finite = reuse(weights)
     finite_tasks = ops.logical_and(refresh_finite, reuse_finite)
     return SharedStep(update, weights, gramian, finite_tasks, balanced), new_state
@@ -266,9 +275,9 @@ def _refresh_or_reuse(due, state, cached_weights, refresh, reuse):
     def reuse_cached():
         update, finite_tasks = reuse(cached_weights)
         no_gramian = ops.zeros((cached_weights.shape[0],) * 2, "float32")
-        return SharedStep(update, cached_weights, no_gramian, finite_tasks,
-                          ops.zeros((), "bool")), state
+        return SharedStep(
+            update, cached_weights, no_gramian, finite_tasks, ops.zeros((), "bool")
+        ), state
 
     step, new_state = ops.cond(due, lambda: refresh(state), reuse_cached)
     return SharedStep(*step), new_state
-

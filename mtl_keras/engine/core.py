@@ -217,6 +217,15 @@ class SharedStep(NamedTuple):
     balanced: Any
 
 
+def every_step(balancer, refresh) -> SharedStep:
+    """The shared step of a balancer that runs on every step: `refresh(state)
+    -> (SharedStep, new_state)`, the new state assigned (see
+    `mtl_keras.engine.UpdateEvery` for one that does not)."""
+    step, new_state = refresh(balancer.get_state())
+    balancer.set_state(new_state)
+    return step
+
+
 def guarded_post_step(balancer, losses_before, losses_after, apply):
     """Runs a loss balancer's `update_after_step` (FAMO) only when `apply`,
     as a pure function of its state; assigns the new state."""

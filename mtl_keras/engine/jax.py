@@ -51,7 +51,8 @@ def _shared_step(vjp_fn, task_losses, runner, loss_scale,
     scale = 1.0 if loss_scale is None else ops.cast(loss_scale, "float32")
     task_losses = ops.cast(task_losses, "float32")
     runner.ensure_built(task_losses)
-    balancer = runner.balancer if isinstance(runner, amortise.UpdateEvery) else runner
+    amortised = isinstance(runner, amortise.UpdateEvery)
+    balancer = runner.balancer if amortised else runner
     zero = jnp.zeros((), "float32")
 
     def refresh(state):
@@ -72,7 +73,9 @@ def _shared_step(vjp_fn, task_losses, runner, loss_scale,
             [ops.all(ops.isfinite(u)) for u in update]))
         return update, core.finite_task_flags(task_losses, grads_finite)
 
-    return amortise.balance_step(runner, refresh, reuse)
+    if not amortised:
+        return core.every_step(balancer, refresh)
+    return runner.step(refresh, reuse)
 
 
 def _balanced_step(loss_fn, shared_values, head_values, balancer, loss_scale,

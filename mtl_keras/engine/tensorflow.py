@@ -239,6 +239,16 @@ def balanced_gradients(
         raise ValueError(
             f"{type(balancer).__name__}(mode='rep') differentiates with "
             "respect to the shared representation: pass `representation=`.")
+    return _balanced_gradients(
+        tape, task_losses, shared_variables, head_variables, balancer, runner,
+        representation, regularization, loss_scale, jacobian)
+
+
+def _balanced_gradients(tape, task_losses, shared_variables, head_variables,
+                        balancer, runner, representation, regularization,
+                        loss_scale, jacobian) -> BalancedGradients:
+    """`balanced_gradients` for a checked balancer and its runner (the
+    balancer or an `UpdateEvery` around it)."""
     recorded = (list(task_losses) if isinstance(task_losses, (list, tuple))
                 else task_losses)
     task_losses = ops.cast(ops.stack(recorded) if isinstance(recorded, list)
@@ -286,7 +296,8 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
     collective cannot run inside one), so `update_every` then saves the
     balancing math but not the K backward passes.
     """
-    balancer = runner.balancer if isinstance(runner, amortise.UpdateEvery) else runner
+    amortised = isinstance(runner, amortise.UpdateEvery)
+    balancer = runner.balancer if amortised else runner
     global_losses = all_reduce_sum(ops.stop_gradient(task_losses))
 
     def jacobian():
@@ -307,8 +318,11 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
 
     if num_replicas() > 1:
         shared_blocks = jacobian()
-        return amortise.balance_step(
-            runner, lambda state: balance(shared_blocks, state),
+        if not amortised:
+            return core.every_step(balancer,
+                                   lambda state: balance(shared_blocks, state))
+        return runner.step(
+            lambda state: balance(shared_blocks, state),
             lambda weights: _reuse_with_jacobian(
                 shared_blocks, task_losses, weights, loss_scaled))
 
@@ -320,8 +334,9 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
             [ops.all(ops.isfinite(u)) for u in update]))
         return update, core.finite_task_flags(task_losses, grads_finite)
 
-    return amortise.balance_step(
-        runner, lambda state: balance(jacobian(), state), reuse)
+    if not amortised:
+        return core.every_step(balancer, lambda state: balance(jacobian(), state))
+    return runner.step(lambda state: balance(jacobian(), state), reuse)
 
 
 def _reuse_with_jacobian(blocks, task_losses, weights, loss_scaled):
@@ -409,12 +424,12 @@ class TensorFlowTrainer:
             task_losses, weighted = ops.stack(losses), ops.stack(recorded)
             regularization = (scale_for_distribution(model.regularization_loss())
                               if model.losses else None)
-        result = balanced_gradients(
+        # Checked at compile: the balancer, its runner and the method.
+        result = _balanced_gradients(
             tape, recorded if model.jacobian_method == "loop" else weighted,
-            model.shared_variables, model.head_variables,
-            model.update_schedule or model.balancer, representation=representation,
-            regularization=regularization, loss_scale=self.loss_scale(),
-            jacobian=model.jacobian_method)
+            model.shared_variables, model.head_variables, model.balancer,
+            model.update_schedule or model.balancer, representation,
+            regularization, self.loss_scale(), model.jacobian_method)
         del tape
         by_id = {id(v): g for v, g in zip(
             model.shared_variables + model.head_variables, result.grads)}

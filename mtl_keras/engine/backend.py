@@ -1,6 +1,6 @@
 """The seam between the model and the engine, and the one backend registry.
 
-Two declared interfaces, checked by `tests/test_seam.py`:
+Two declared interfaces, checked by `tests/engine/test_seam.py`:
 
 - `EngineModel`: everything the engine may read or call on a model
   (`MultiTaskModel` implements it with public members only).

@@ -25,12 +25,12 @@ BACKEND_MODULES = {
     "jax": "mtl_keras.engine.jax",
 }
 
-#: The Keras backends `mtl_keras` runs on.
 BACKENDS = tuple(BACKEND_MODULES)
+"""The Keras backends `mtl_keras` runs on (`mtl_keras.SUPPORTED_BACKENDS`)."""
 
-#: `compile(jacobian=...)`: "loop" (K backward passes) or "pfor" (the
-#: backward pass vectorised over the tasks: pfor on TF, `jax.vmap` on JAX).
 JACOBIAN_METHODS = ("loop", "pfor")
+"""`compile(jacobian=...)`: "loop" (K backward passes) or "pfor" (the
+backward pass vectorised over the tasks: pfor on TF, `jax.vmap` on JAX)."""
 
 
 def check_jacobian_method(method: str) -> str:

@@ -1,7 +1,7 @@
 """Compare balancing methods: the logic behind `mtl-keras compare`.
 
-`compare` trains every method (a balancer name, or `"dwa"` for the
-`DynamicWeightAverage` callback) for each seed, plus one single-task model
+`compare` trains every method (a name of `mtl_keras.methods`: a balancer,
+or a callback method such as `"dwa"`) for each seed, plus one single-task model
 per task (the same network built with one task), scores every model on the
 test data, and returns a `CompareResult`: per-task headline metrics as mean ±
 std over seeds, Δm% against the single-task means (Maninis et al., CVPR
@@ -48,8 +48,6 @@ from mtl_keras.suites import Suite
 
 #: The former name of `mtl_keras.suites.Suite`.
 BenchmarkData = Suite
-#: The callback method (no balancer): Dynamic Weight Average.
-DWA = "dwa"
 
 
 def load_data(
@@ -68,13 +66,23 @@ def load_data(
     data = load_data("shapes", train_size=256, test_size=64)
     ```
     """
-    return suites.load(name, train_size, test_size, data_dir, architecture,
-                       protocol)
+    return suites.load(name, train_size, test_size, data_dir, architecture, protocol)
 
 
 __all__ = [
-    "DWA", "SINGLE_TASK", "BenchmarkData", "CompareResult", "MethodSummary",
-    "RunRecord", "Suite", "available_methods", "check_methods", "compare",
-    "learning_rate_callbacks", "load_data", "matplotlib_colors", "method_parts",
-    "steady_seconds", "train_run",
+    "SINGLE_TASK",
+    "BenchmarkData",
+    "CompareResult",
+    "MethodSummary",
+    "RunRecord",
+    "Suite",
+    "available_methods",
+    "check_methods",
+    "compare",
+    "learning_rate_callbacks",
+    "load_data",
+    "matplotlib_colors",
+    "method_parts",
+    "steady_seconds",
+    "train_run",
 ]

@@ -64,15 +64,16 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     Args:
         inputs: The model inputs, as for `keras.Model`.
         outputs: A dict `{task_name: output_tensor}`.
-        shared: The shared representation tensor, or a list of tensors
-            (several shared representations, e.g. the outputs of several
-            shared branches). Their upstream variables are
-            the shared parameters whose per-task gradients a gradient
-            balancer weighs, and `mode="rep"` balancers differentiate with
-            respect to them. When omitted, the shared parameters are the
-            variables that reach more than one task output (found inside
-            layers, see `mtl_keras.sharing`).
         name: The model name.
+        shared: Optional, keyword only (default None). The shared
+            representation tensor, or a list of tensors (several shared
+            representations, e.g. the outputs of several shared branches).
+            Their upstream variables are the shared parameters whose
+            per-task gradients a gradient balancer weighs, and `mode="rep"`
+            balancers differentiate with respect to them. When omitted, the
+            shared parameters are the variables that reach more than one
+            task output (found inside layers, see `mtl_keras.sharing`).
+        **kwargs: Passed to `keras.Model` (e.g. `trainable`).
 
     Example:
 
@@ -91,10 +92,9 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     ```
     """
 
-    def __init__(self, inputs, outputs, name=None, **kwargs):
-        # `shared` is a keyword argument so that the constructor keeps the
-        # functional signature Keras needs to save and revive the graph.
-        shared = kwargs.pop("shared", None)
+    def __init__(self, inputs, outputs, name=None, *, shared=None, **kwargs):
+        # `shared` is keyword-only: the positional arguments stay those of a
+        # functional model, which Keras needs to save and revive the graph.
         if not isinstance(outputs, dict) or not outputs:
             raise ValueError(
                 "MultiTaskModel needs `outputs` as a dict {task_name: tensor}, "
@@ -180,8 +180,9 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             loss_weights: A dict `{task: float}` of static task weights
                 (default 1 each). They initialise `model.task_weights`.
             metrics: A dict `{task: [metrics]}`, as for `keras.Model`.
-            balancer: A balancer instance, a registered name (see
-                `mtl_keras.balancers.available()`), a config dict, or `None`.
+            balancer: A balancer instance, a method name with a balancer
+                (`mtl_keras.methods.names()`; `mtl-keras methods` lists
+                them), a config dict, or `None`.
             jacobian: How a gradient balancer gets the per-task gradients:
                 `"loop"` (K `GradientTape.gradient` calls on a persistent
                 tape, the default, faster in our measurements) or `"pfor"`
@@ -210,9 +211,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self.balancer, balancers_lib.Balancer
         ):
             raise ValueError(
-                f"Unknown balancer {balancer!r}. Available balancers: "
-                f"{', '.join(balancers_lib.available())}."
-            )
+                f"{balancer!r} is not a balancer; give a method name "
+                "(`mtl_keras.methods.names()`), a Balancer or its config.")
         if self.balancer is not None:
             self.balancer.build_for_tasks(self.task_names)
             self._check_balancer()

@@ -204,8 +204,12 @@ def test_wrong_label_shape_names_the_task():
 
 def test_unknown_balancer_lists_available():
     model = tiny_network()
-    with pytest.raises(ValueError, match=r"Unknown balancer 'nope'.*pcgrad.*uw"):
+    with pytest.raises(ValueError, match=r"Unknown method 'nope'.*pcgrad.*uw"):
         model.compile(loss=LOSSES, balancer="nope")
+    with pytest.raises(ValueError, match=r"Did you mean 'upgrad'"):
+        model.compile(loss=LOSSES, balancer="UP-grd")
+    with pytest.raises(ValueError, match=r"callback method.*DynamicWeightAverage"):
+        model.compile(loss=LOSSES, balancer="dwa")
 
 
 def test_gradient_balancer_without_shared_tensor_uses_shared_variables():

@@ -199,7 +199,7 @@ def test_a_seed_makes_the_trial_sequence_reproducible(tmp_path):
     ({"references": {"a": {"accuracy": 0.5}}}, r"without a reference \['b'\]"),
     ({"references": {"a": {"accuracy": 0.5}, "b": {"rmse": 1.0}}},
      r"references\['b'\] scores \['rmse'\]"),
-    ({"balancers": ["static", "nope"]}, r"Unknown balancer\(s\) \['nope'\]"),
+    ({"balancers": ["static", "nope"]}, r"Unknown method 'nope'"),
     ({"weights": "uniform"}, "Unknown weights mode 'uniform'"),
     ({"tuner": "annealing"}, "Unknown tuner 'annealing'"),
 ])

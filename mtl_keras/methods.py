@@ -39,7 +39,9 @@ from mtl_keras import callbacks as callbacks_lib
 from mtl_keras.balancers.base import Balancer
 
 Kind = Literal["static", "loss", "gradient", "callback"]
+"""What a method is: `"static"`, `"loss"`, `"gradient"` or `"callback"`."""
 KINDS: tuple[str, ...] = ("static", "loss", "gradient", "callback")
+"""The values of `Kind`, in that order."""
 
 
 def _empty() -> Mapping[str, Any]:

@@ -212,7 +212,9 @@ def _checked(methods, overrides: MethodOverrides) -> list[str]:
     if methods is None or isinstance(methods, str):
         raise ValueError(f"`methods` must be a list of method names; got {methods!r}.")
     named = {*overrides.method_loss_weights, *overrides.method_balancers}
-    check_methods([m for m in methods if m not in named] or ["ew"])
+    unnamed = [m for m in methods if m not in named]
+    if unnamed or not methods:  # those with their own balancer need no name
+        check_methods(unnamed)
     return [str(m).strip() for m in methods]
 
 

@@ -8,8 +8,7 @@ from collections.abc import Callable, Mapping
 import keras
 import keras_tuner as kt
 
-from mtl_keras import engine
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras import engine, methods
 from mtl_keras.callbacks import MultiTaskScore
 from mtl_keras.callbacks.multi_task_score import score_name
 from mtl_keras.experiments.method_parts import method_parts
@@ -97,16 +96,23 @@ class MultiTaskHyperModel(kt.HyperModel):
     ```
     """
 
-    def __init__(self, build_model: Callable, losses: Mapping, metrics=None,
-                 references: Mapping | None = None, higher_is_better=None,
-                 seed: int | None = None, name: str | None = None, **options):
+    def __init__(
+        self,
+        build_model: Callable,
+        losses: Mapping,
+        metrics=None,
+        references: Mapping | None = None,
+        higher_is_better=None,
+        seed: int | None = None,
+        name: str | None = None,
+        **options,
+    ):
         super().__init__(name=name)
         if not isinstance(losses, Mapping) or not losses:
-            raise ValueError(
-                f"`losses` must be a dict {{task: loss}}; got {losses!r}."
-            )
-        groups = split_options(options, (SearchSpace, CompileOptions),
-                               "MultiTaskHyperModel")
+            raise ValueError(f"`losses` must be a dict {{task: loss}}; got {losses!r}.")
+        groups = split_options(
+            options, (SearchSpace, CompileOptions), "MultiTaskHyperModel"
+        )
         self.space = groups[SearchSpace].checked()
         self.compile_options = groups[CompileOptions]
         self.build_model = build_model
@@ -150,8 +156,7 @@ class MultiTaskHyperModel(kt.HyperModel):
             per_task |= {f"{task}_loss", f"{task}_weight"}
             per_task |= {f"{task}_{m}" for m in self.metric_names[task]}
         names = {"loss", *per_task}
-        if any(isinstance(method_parts(b).balancer, GradientBalancer)
-               for b in self.balancers or ()):
+        if any(methods.get(b).kind == "gradient" for b in self.balancers or ()):
             names |= set(engine.diagnostic_names(self.tasks))
         if model is not None:
             names |= {m.name for m in model.metrics} - {"compile_metrics"}
@@ -207,13 +212,17 @@ class MultiTaskHyperModel(kt.HyperModel):
     def method_config(self, values: Mapping) -> dict:
         """The constructor arguments of the chosen method, from hp values."""
         method = values.get("balancer")
-        return {argument: values[f"{method}_{argument}"]
-                for argument in balancer_space(method)
-                if f"{method}_{argument}" in values}
+        return {
+            argument: values[f"{method}_{argument}"]
+            for argument in balancer_space(method)
+            if f"{method}_{argument}" in values
+        }
 
     def _method_config(self, hp, method: str) -> dict | None:
-        config = {argument: hp.get(f"{method}_{argument}")
-                  for argument in balancer_space(method)}
+        config = {
+            argument: hp.get(f"{method}_{argument}")
+            for argument in balancer_space(method)
+        }
         return config or None
 
     def _declare_method(self, hp) -> str | None:
@@ -254,8 +263,7 @@ class MultiTaskHyperModel(kt.HyperModel):
         default = grid_default(low, high, step)
 
         def declare(name):
-            return hp.Float(name, low, high, step=step, sampling="log",
-                            default=default)
+            return hp.Float(name, low, high, step=step, sampling="log", default=default)
 
         if self.weights == "log_uniform":
             values = {t: declare(f"weight_{t}") for t in self.tasks}
@@ -278,8 +286,10 @@ class MultiTaskHyperModel(kt.HyperModel):
                 "`metrics` must be a dict {task: [metrics]} or a function "
                 f"returning one; got {type(metrics).__name__}."
             )
-        return {task: [clone_metric(m) for m in as_list(task_metrics)]
-                for task, task_metrics in metrics.items()}
+        return {
+            task: [clone_metric(m) for m in as_list(task_metrics)]
+            for task, task_metrics in metrics.items()
+        }
 
     def _make_optimizer(self, hp):
         optimizer = self.compile_options.optimizer

@@ -148,7 +148,7 @@ def run_demo(args) -> int:
 
     if args.balancer is not None:
         try:
-            methods.get(args.balancer)
+            methods.get(args.balancer).parts()  # a method that needs arguments fails
         except ValueError as error:
             print(f"mtl-keras demo: error: {error}", file=sys.stderr)
             return 2
@@ -297,13 +297,12 @@ def add_tune_parser(subparsers) -> None:
 
 
 def run_tune(args) -> int:
-    from mtl_keras import methods, tuning
+    from mtl_keras import tuning
 
     started = time.perf_counter()
     balancers = args.balancers.split(",") if args.balancers else None
-    try:
-        for name in balancers or ():
-            methods.get(name)
+    try:  # the search's own check of the names, before anything trains
+        tuning.SearchSpace(balancers=balancers).checked()
     except ValueError as error:
         print(f"mtl-keras tune: error: {error}", file=sys.stderr)
         return 2

@@ -154,6 +154,8 @@ def test_compare_plot_without_matplotlib_fails_before_training(monkeypatch, caps
             "Unknown architecture",
         ),
         (["tune", "--balancers", "static,nope"], "Unknown method 'nope'"),
+        (["tune", "--balancers", "dtp"], "'dtp' needs kpis"),
+        (["demo", "--balancer", "schedule"], "'schedule' needs schedules"),
     ],
 )
 def test_bad_arguments_fail_before_training(argv, message, capsys):

@@ -149,6 +149,14 @@ class Method:
         Raises:
             ValueError: a required argument is missing (the message names it
                 and shows a working call).
+
+        Example:
+
+        ```python
+        parts = mtl_keras.methods.get("dtp").parts({"kpis": "val_{task}_accuracy"})
+        model.fit(x, y, validation_data=(x_val, y_val),
+                  callbacks=list(parts.callbacks))
+        ```
         """
         config = {**self.preset, **dict(config or {})}
         missing = [name for name in self.required if name not in config]
@@ -157,7 +165,7 @@ class Method:
                 f"Method {self.name!r} needs {', '.join(missing)}: e.g. "
                 f"mtl_keras.methods.get({self.name!r}).parts("
                 f"{self.example(['a', 'b']) if self.example else {}!r}) "
-                f"(see mtl_keras.callbacks.{self.factory.__name__})."
+                f"(see {self.factory.__name__})."
             )
         if self.callback is not None:
             return MethodParts(None, (self.callback(**config),))
@@ -166,6 +174,9 @@ class Method:
     def names(self) -> tuple[str, ...]:
         """The canonical name and the aliases."""
         return (self.name, *self.aliases)
+
+    def __hash__(self) -> int:  # the mappings are not hashable; the name is
+        return hash((self.name, self.kind))
 
 
 def _float(low, high, default, sampling="linear"):

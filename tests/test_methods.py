@@ -1,6 +1,9 @@
 """The method registry: every method builds and trains, names resolve,
 descriptions are its own, and errors name the fix."""
 
+import ast
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -132,3 +135,36 @@ def test_a_registered_balancer_class_is_a_method_by_itself():
         methods.get("nash_mtl").description
         == balancers.NashMTL.__doc__.strip().splitlines()[0]
     )
+
+
+def _code_strings(path):
+    """`(line, text)` of the string constants of a module's code: neither
+    docstrings nor the names given to `@register(...)`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            skip.add(id(body[0].value))  # a docstring
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "register":
+            skip.update(id(arg) for arg in node.args)
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in skip
+    ]
+
+
+def test_no_module_but_the_registry_special_cases_a_method_name():
+    names = set(methods.names(aliases=True))
+    package = pathlib.Path(mtl_keras.__file__).parent
+    named = [
+        f"{path.relative_to(package)}:{line} {text!r}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "methods.py"
+        for line, text in _code_strings(path)
+        if text.strip().replace("-", "_") in names
+    ]
+    assert named == []

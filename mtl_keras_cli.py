@@ -243,8 +243,7 @@ def add_tune_parser(subparsers) -> None:
     parser.add_argument(
         "--tuner",
         default="random",
-        choices=["random", "grid", "bayesian", "hyperband"],
-        help="the KerasTuner tuner",
+        help="the KerasTuner tuner: random, grid, bayesian or hyperband",
     )
     parser.add_argument("--max-trials", type=int, default=4, help="trials to run")
     parser.add_argument(
@@ -263,8 +262,7 @@ def add_tune_parser(subparsers) -> None:
     parser.add_argument(
         "--weights",
         default="log_uniform",
-        choices=["log_uniform", "simplex", "none"],
-        help="how the task weights are searched",
+        help="how the task weights are searched: log_uniform, simplex or none",
     )
     parser.add_argument(
         "--architectures",
@@ -301,8 +299,13 @@ def run_tune(args) -> int:
 
     started = time.perf_counter()
     balancers = args.balancers.split(",") if args.balancers else None
-    try:  # the search's own check of the names, before anything trains
-        tuning.SearchSpace(balancers=balancers).checked()
+    weights = None if args.weights == "none" else args.weights
+    try:  # the search's own checks, before anything trains
+        tuning.SearchSpace(weights=weights, balancers=balancers).checked()
+        if args.tuner not in tuning.TUNERS:
+            raise ValueError(
+                f"Unknown tuner {args.tuner!r}: use one of {', '.join(tuning.TUNERS)}."
+            )
     except ValueError as error:
         print(f"mtl-keras tune: error: {error}", file=sys.stderr)
         return 2
@@ -311,7 +314,7 @@ def run_tune(args) -> int:
         max_trials=args.max_trials,
         epochs=args.epochs,
         balancers=balancers,
-        weights=None if args.weights == "none" else args.weights,
+        weights=weights,
         directory=args.directory,
         train_size=args.train_size,
         validation_size=args.validation_size,

@@ -155,6 +155,8 @@ def test_compare_plot_without_matplotlib_fails_before_training(monkeypatch, caps
         ),
         (["tune", "--balancers", "static,nope"], "Unknown method 'nope'"),
         (["tune", "--balancers", "dtp"], "'dtp' needs kpis"),
+        (["tune", "--tuner", "annealing"], "Unknown tuner 'annealing'"),
+        (["tune", "--weights", "uniform"], "Unknown weights mode 'uniform'"),
         (["demo", "--balancer", "schedule"], "'schedule' needs schedules"),
     ],
 )

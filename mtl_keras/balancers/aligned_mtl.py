@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
@@ -57,6 +58,8 @@ class AlignedMTL(GramianBalancer):
     balancer.balance([1.0, 1.0], [[1.0, 0.0], [0.0, 4.0]])  # [1.0, 0.5]
     ```
     """
+
+    solve_dtype = solvers.SOLVE_DTYPE
 
     def __init__(
         self,

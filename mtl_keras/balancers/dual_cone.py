@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 
 
@@ -32,6 +33,8 @@ class DualConeBalancer(GramianBalancer):
         reg_eps: Added to the diagonal of the normalised Gramian (torchjd).
         mode: `"params"` or `"rep"`, see `GradientBalancer`.
     """
+
+    solve_dtype = solvers.SOLVE_DTYPE
 
     def __init__(
         self,

@@ -80,8 +80,9 @@ class GradVac(PCGrad):
     variants of the paper are not implemented. The targets φ̂ (K×K, start 0)
     are a non-trainable weight. `beta = 0.01` as in the paper (torchjd
     too); LibMTL's default is 0.5. Every visited pair updates its EMA, as in
-    the paper (LibMTL's current code only updates it when a correction is
-    applied, which lets targets only decrease).
+    the paper and in LibMTL since February 2024 (earlier LibMTL versions
+    updated it only when a correction was applied, which let targets only
+    decrease).
 
     GradVac generalises PCGrad (target 0 for every pair, no EMA), whose
     random order per task and step it reuses (`shuffle`, `seed`).
@@ -122,8 +123,10 @@ class GradVac(PCGrad):
 
     def compute_weights(self, task_losses, gramian):
         coefficients, targets = vaccinate(
-            gramian, self.task_orders(gramian.shape[0]),
-            ops.convert_to_tensor(self.target_cosines), self.beta
+            gramian,
+            self.task_orders(gramian.shape[0]),
+            ops.convert_to_tensor(self.target_cosines),
+            self.beta,
         )
         self.target_cosines.assign(targets)
         return ops.sum(coefficients, axis=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian, pinv_symmetric
@@ -37,6 +38,8 @@ class IMTLG(GramianBalancer):
     balancer.balance([1.0, 1.0], [[1.0, 0.0], [0.0, 4.0]])  # [2/3, 1/3]
     ```
     """
+
+    solve_dtype = solvers.SOLVE_DTYPE
 
     def __init__(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import min_norm_simplex
@@ -65,6 +66,8 @@ class MGDA(GramianBalancer):
     balancer.balance([1.0, 1.0], [[1.0, 0.0], [0.0, 4.0]])  # [0.8, 0.2]
     ```
     """
+
+    solve_dtype = solvers.SOLVE_DTYPE
 
     def __init__(
         self,

@@ -376,8 +376,8 @@ print(json.dumps({{"deviations": found, "x64": bool(jax.config.jax_enable_x64),
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX not installed")
 def test_jax_solves_in_float64_inside_jit_and_leaves_x64_off():
-    tests = pathlib.Path(__file__).parent
-    script = JAX_CHILD.format(tests=str(tests), root=str(tests.parent))
+    here = pathlib.Path(__file__).resolve().parent  # tests/balancers
+    script = JAX_CHILD.format(tests=str(here), root=str(here.parents[1]))
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True,

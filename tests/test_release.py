@@ -89,6 +89,7 @@ def test_sdist_and_wheel_carry_the_version_and_pass_twine(dist):
               for path in (ROOT / "mtl_keras").rglob("*.py")}
     source |= {f"{module}.py" for module in _py_modules()}
     assert source - packaged == set(), "modules missing from the wheel"
+    assert "mtl_keras/py.typed" in packaged, "no py.typed marker (PEP 561)"
 
 
 def running_site_packages() -> list[str]:

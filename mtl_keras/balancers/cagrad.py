@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
@@ -226,8 +229,8 @@ class CAGrad(GramianBalancer):
         iterations: int = 300,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         if c < 0:
             raise ValueError(f"CAGrad: c must be non-negative, got {c}.")
@@ -237,7 +240,7 @@ class CAGrad(GramianBalancer):
         self.rescale = int(rescale)
         self.iterations = int(iterations)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         gramian = normalize_gramian(gramian)
         num = gramian.shape[0]
         weights, radius = cagrad_simplex_weights(gramian, self.c, self.iterations)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
 from mtl_keras.balancers import solvers
@@ -42,8 +44,8 @@ class DualConeBalancer(GramianBalancer):
         reg_eps: float = 1e-4,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.norm_eps = float(norm_eps)
         self.reg_eps = float(reg_eps)

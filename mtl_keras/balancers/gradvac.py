@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.pcgrad import PCGrad
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
@@ -108,8 +111,8 @@ class GradVac(PCGrad):
         seed: int | None = None,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(shuffle=shuffle, seed=seed, mode=mode, name=name, **kwargs)
         self.beta = float(beta)
 
@@ -121,7 +124,7 @@ class GradVac(PCGrad):
             name="target_cosines",
         )
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         coefficients, targets = vaccinate(
             gramian,
             self.task_orders(gramian.shape[0]),

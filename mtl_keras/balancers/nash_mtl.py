@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
@@ -151,8 +154,8 @@ class NashMTL(GramianBalancer):
         reg_eps: float = 1e-6,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, update_every=update_every, name=name, **kwargs)
         self.max_norm = float(max_norm)
         self.iterations = int(iterations)
@@ -195,7 +198,7 @@ class NashMTL(GramianBalancer):
         fallback = ops.where(has_previous, previous, ones)
         return ops.where(degenerate, fallback, solution / norms)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         weights = self._solve(gramian)
         self.last_weights.assign(weights)
         if self.max_norm > 0:

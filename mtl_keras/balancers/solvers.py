@@ -19,6 +19,7 @@ exact solution.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,8 +54,8 @@ def float64_scope() -> Iterator[None]:
     import jax
 
     enable_x64 = getattr(jax, "enable_x64", None)
-    if enable_x64 is None:  # jax < 0.7
-        from jax.experimental import enable_x64
+    if enable_x64 is None:  # older JAX: still experimental
+        enable_x64 = importlib.import_module("jax.experimental").enable_x64
     with enable_x64(True):
         yield
 

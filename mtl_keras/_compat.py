@@ -9,6 +9,7 @@ minor versions tested.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -57,7 +58,7 @@ def unlocked_state(layer: keras.layers.Layer):
     the balancer is built. No public route: this unlocks the private
     `Layer._tracker` for the duration (checked against Keras 3.15.1).
     """
-    tracker = getattr(layer, "_tracker", None)
+    tracker: Any = getattr(layer, "_tracker", None)
     was_locked = tracker is not None and tracker.locked
     if was_locked:
         tracker.unlock()

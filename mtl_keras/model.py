@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -11,6 +13,7 @@ from keras import ops
 
 from mtl_keras import _compat, engine, sharing
 from mtl_keras import balancers as balancers_lib
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
 from mtl_keras.masked_metric import MaskedMetric
 from mtl_keras.task_losses import (
@@ -92,7 +95,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     ```
     """
 
-    def __init__(self, inputs, outputs, name=None, *, shared=None, **kwargs):
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, *,
+                 shared: Any = None, **kwargs: Any) -> None:
         # `shared` is keyword-only: the positional arguments stay those of a
         # functional model, which Keras needs to save and revive the graph.
         if not isinstance(outputs, dict) or not outputs:
@@ -162,15 +166,15 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     def compile(
         self,
-        optimizer="rmsprop",
-        loss=None,
-        loss_weights=None,
-        metrics=None,
-        balancer=None,
+        optimizer: str | keras.optimizers.Optimizer = "rmsprop",
+        loss: Any = None,
+        loss_weights: Mapping[str, float] | None = None,
+        metrics: Any = None,
+        balancer: balancers_lib.Balancer | str | dict | None = None,
         jacobian: str = "loop",
         diagnostics: str = "auto",
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         """Configures the model for training.
 
         Args:
@@ -325,7 +329,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return self._diagnostics == "all"
 
     @property
-    def metrics(self):
+    def metrics(self) -> list:
         # Keras' compile creates a `loss` tracker of its own, which our
         # train and test steps never update: report ours under that name.
         ours = getattr(self, "_total_loss_tracker", None)
@@ -338,13 +342,13 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             metrics = [m for m in metrics if all(m is not t for t in training_only)]
         return metrics
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
         if config and hasattr(self, "_mtl_compile_args"):
             config = {**config, **self._mtl_compile_args}
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict) -> None:
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
@@ -352,7 +356,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     # ------------------------------------------------------------ the losses
 
-    def compute_task_losses(self, y, y_pred, sample_weight=None):
+    def compute_task_losses(self, y: Any, y_pred: Any,
+                            sample_weight: Any = None) -> Tensor:
         """The unweighted per-task losses, a float32 tensor of shape (K,).
 
         Args:
@@ -371,7 +376,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return self.compute_task_loss_list(y, y_pred, sample_weight)
         return self.compute_task_losses(y, y_pred, sample_weight)
 
-    def compute_task_loss_list(self, y, y_pred, sample_weight=None) -> list:
+    def compute_task_loss_list(self, y: Any, y_pred: Any,
+                               sample_weight: Any = None) -> list:
         """The unweighted per-task losses as a list of K scalars.
 
         The gradient engine differentiates each one alone: a backward pass
@@ -408,8 +414,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                                            count=_mean_over_replicas))
         return losses
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
-                     training=True):
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
+                     sample_weight: Any = None, training: bool = True) -> Tensor:
         """The loss in Keras' meaning: `Σ task_weight · task_loss` plus the
         regularization losses, whatever the balancer (which is not called).
 
@@ -456,7 +462,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return logs
         return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
 
-    def test_step(self, *args):
+    def test_step(self, *args: Any) -> Any:
         """Evaluates one batch: the task losses, `loss` (Σ task weight ×
         task loss + regularization) and the masked metrics. The balancer is
         not called, so evaluation changes none of its state.
@@ -484,7 +490,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             trackers.append(self._balanced_loss_tracker)
         return trackers
 
-    def train_step(self, *args):
+    def train_step(self, *args: Any) -> Any:
         """One step of the backend's trainer (`mtl_keras.engine`).
 
         On TensorFlow Keras calls `train_step(data)`; on JAX it calls
@@ -556,7 +562,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     # ------------------------------------------------------------ utilities
 
     @property
-    def nonfinite_tasks(self):
+    def nonfinite_tasks(self) -> Tensor:
         """1.0 for each task whose loss was not finite at the last skipped step."""
         return self.task_weights.nonfinite_tasks
 
@@ -564,7 +570,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         """The current task weights, `{task: weight}`."""
         return self.task_weights.as_dict()
 
-    def set_task_weights(self, weights) -> None:
+    def set_task_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         """Assigns task weights from `{task: weight}` (others unchanged)."""
         if isinstance(weights, dict):
             weights = {t: _task_weight(t, w) for t, w in weights.items()}
@@ -580,7 +586,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         """
         return keras.Model(self.input, self.output, name=name or f"{self.name}_serving")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         if self._shared_tensor is not None:
             config["shared"] = self._shared_tensor_spec()
@@ -599,7 +605,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return specs[_SHARED_KEY]
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict,
+                    custom_objects: dict | None = None) -> MultiTaskModel:
         # Keras' functional deserialisation revives the shared tensors as
         # more outputs, which `__init__` takes back out.
         config = dict(config)
@@ -611,11 +618,11 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             config["output_layers"] = {**config["output_layers"], **shared}
         return super().from_config(config, custom_objects=custom_objects)
 
-    def fit(self, *args, **kwargs):
+    def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         with label_errors():
             return super().fit(*args, **kwargs)
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
         with label_errors(), self._evaluation():
             return super().evaluate(*args, **kwargs)
 
@@ -629,11 +636,11 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         finally:
             self._evaluating = False
 
-    def train_on_batch(self, *args, **kwargs):
+    def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
         with label_errors():
             return super().train_on_batch(*args, **kwargs)
 
-    def test_on_batch(self, *args, **kwargs):
+    def test_on_batch(self, *args: Any, **kwargs: Any) -> Any:
         with label_errors(), self._evaluation():
             return super().test_on_batch(*args, **kwargs)
 

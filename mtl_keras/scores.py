@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import keras
 
@@ -56,7 +57,8 @@ DEFAULT_HIGHER_IS_BETTER: dict[str, bool] = {
 _SINGLE = None
 
 
-def delta_m(metrics: Mapping, references: Mapping, higher_is_better=None) -> float:
+def delta_m(metrics: Mapping, references: Mapping,
+            higher_is_better: Mapping | None = None) -> float:
     """Δm%: the mean relative change against single-task references.
 
     Maninis et al., CVPR 2019 (as used by MTAN, Nash-MTL, FAMO, ...). With
@@ -144,7 +146,8 @@ def geometric_mean_loss(task_losses: Mapping[str, float]) -> float:
     return math.exp(sum(math.log(loss) for loss in losses.values()) / len(losses))
 
 
-def metric_direction(task: str, metric: str | None, higher_is_better=None) -> bool:
+def metric_direction(task: str, metric: str | None,
+                     higher_is_better: Mapping | None = None) -> bool:
     """Whether higher values of `metric` of `task` are better.
 
     Looks in `higher_is_better` (see `delta_m`) by task, then by metric name,
@@ -229,7 +232,7 @@ def _nonzero(task: str, metric, reference: float) -> float:
     return reference
 
 
-def metric_name(metric) -> str:
+def metric_name(metric: Any) -> str:
     """The name `keras.Model.compile` logs a metric identifier under (after
     the `<task>_` prefix).
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
+
+from mtl_keras._typing import Tensor
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -35,7 +40,8 @@ class TaskWeights(keras.layers.Layer):
     #: How many past observations `history` keeps (besides the first).
     HISTORY_CAPACITY = 8
 
-    def __init__(self, task_names, name: str = "task_weights", **kwargs):
+    def __init__(self, task_names: Sequence[str], name: str = "task_weights",
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.task_names = list(task_names)
         num_tasks = len(self.task_names)
@@ -58,10 +64,10 @@ class TaskWeights(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, task_losses):
+    def call(self, task_losses: Tensor) -> Tensor:
         return ops.cast(self.values, "float32") * task_losses
 
-    def assign(self, weights) -> None:
+    def assign(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         """Sets the weights from a dict `{task: w}` or a sequence in order."""
         if isinstance(weights, dict):
             unknown = sorted(set(weights) - set(self.task_names))
@@ -96,7 +102,7 @@ class TaskWeights(keras.layers.Layer):
         self.history_count.assign(0.0)
         self.history_owner.assign(float(owner))
 
-    def push_history(self, values) -> None:
+    def push_history(self, values: Sequence[float] | np.ndarray) -> None:
         """Appends one observation (one value per task)."""
         rows, count, _ = self.read_history()
         values = np.asarray(values, dtype=np.float64)
@@ -107,7 +113,7 @@ class TaskWeights(keras.layers.Layer):
         self.history.assign(rows.astype("float32"))
         self.history_count.assign(float(count + 1))
 
-    def replace_last_history(self, values) -> None:
+    def replace_last_history(self, values: Sequence[float] | np.ndarray) -> None:
         """Overwrites the newest observation (and the first, if it is it)."""
         rows, count, _ = self.read_history()
         rows[-1] = values
@@ -115,7 +121,7 @@ class TaskWeights(keras.layers.Layer):
             rows[0] = values
         self.history.assign(rows.astype("float32"))
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
     def get_config(self) -> dict:

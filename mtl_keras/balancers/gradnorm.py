@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import adam_step
@@ -73,8 +76,8 @@ class GradNorm(GramianBalancer):
         learning_rate: float = 0.025,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.alpha = float(alpha)
         self.learning_rate = float(learning_rate)
@@ -104,7 +107,7 @@ class GradNorm(GramianBalancer):
         safe_initial = ops.where(has_initial > 0.0, initial, 1.0)
         return ops.where(has_initial > 0.0, task_losses / safe_initial, 1.0)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         # A snapshot: the state is read from the stateless scope's mapping.
         weights = ops.copy(self.task_weights.value)
         gradient = gradnorm_gradient(

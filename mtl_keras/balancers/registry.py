@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import keras
 
 from mtl_keras.balancers.base import Balancer
@@ -9,7 +12,7 @@ from mtl_keras.balancers.base import Balancer
 _REGISTRY: dict[str, type[Balancer]] = {}
 
 
-def register(name: str):
+def register(name: str) -> Callable[[type[Balancer]], type[Balancer]]:
     """Class decorator: registers a balancer under a snake_case `name` and
     as a Keras serialisable object of package `mtl_keras`."""
 
@@ -53,7 +56,9 @@ def normalise_name(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
-def get(identifier, **kwargs) -> Balancer | None:
+def get(
+    identifier: Balancer | str | dict | None, **kwargs: Any
+) -> Balancer | None:
     """Returns a balancer from an instance, a registered name or a config.
 
     Args:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -63,17 +64,17 @@ class TaskBoard(keras.callbacks.TensorBoard):
     ```
     """
 
-    def __init__(self, log_dir="logs", **kwargs):
+    def __init__(self, log_dir: str = "logs", **kwargs: Any) -> None:
         super().__init__(log_dir=log_dir, **kwargs)
         self._tensorboard_kwargs = dict(kwargs)
         self._task_names: list[str] | None = None
         self._layout_written = False
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self._task_names = model_task_names(self.model)
         super().on_train_begin(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # With an integer `update_freq`, TensorBoard leaves the last batch's
         # `record_if` condition active here, which would drop these summaries.
         with self.summary.record_if(True):

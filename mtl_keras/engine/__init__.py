@@ -10,6 +10,8 @@ trainer of `keras.backend.backend()`; custom training loops and plain
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
+from typing import Any
 
 import keras
 
@@ -27,7 +29,7 @@ TRAINER_MODULES = {
 }
 
 
-def backend_module(backend: str | None = None):
+def backend_module(backend: str | None = None) -> ModuleType:
     """The engine module of a Keras backend (default: the current one)."""
     backend = backend or keras.backend.backend()
     if backend not in TRAINER_MODULES:
@@ -38,7 +40,7 @@ def backend_module(backend: str | None = None):
     return importlib.import_module(TRAINER_MODULES[backend])
 
 
-def get_trainer(model):
+def get_trainer(model: keras.Model) -> Any:
     """The trainer of the current backend for a `MultiTaskModel`."""
     module = backend_module()
     trainer_class = {"tensorflow": "TensorFlowTrainer", "jax": "JaxTrainer"}[
@@ -46,7 +48,7 @@ def get_trainer(model):
     return getattr(module, trainer_class)(model)
 
 
-def balanced_gradients(*args, **kwargs) -> BalancedGradients:
+def balanced_gradients(*args: Any, **kwargs: Any) -> BalancedGradients:
     """Balanced task gradients for a custom loop, on the current backend.
 
     See `mtl_keras.engine.tensorflow.balanced_gradients` (a tape, the task

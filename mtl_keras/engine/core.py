@@ -9,11 +9,13 @@ backend (how J is computed, how replicas are reduced) lives in
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import JacobianBalancer
 
 
@@ -295,7 +297,7 @@ def finite_task_flags(task_losses, grads_finite=True, replica_mean=None):
     return ops.equal(flags, 1.0)
 
 
-def diagnostic_names(task_names, cosines: bool = True) -> list[str]:
+def diagnostic_names(task_names: Sequence[str], cosines: bool = True) -> list[str]:
     """Log names of the Gramian diagnostics, in `diagnostics` order.
 
     Cosines are named `grad_cos_<a>/<b>`: task names are layer names, which
@@ -307,7 +309,7 @@ def diagnostic_names(task_names, cosines: bool = True) -> list[str]:
     return names
 
 
-def diagnostics(gramian, cosines: bool = True):
+def diagnostics(gramian: Tensor, cosines: bool = True) -> Tensor:
     """Per-task gradient norms, then (if `cosines`) the pairwise cosines in
     `itertools.combinations` order, read from the Gramian: one vector, in
     a few ops whatever K."""

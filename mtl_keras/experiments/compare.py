@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from mtl_keras import methods as methods_lib
 from mtl_keras import suites
@@ -29,14 +30,14 @@ def compare(
     suite: str | Suite | None = None,
     *,
     build_model: Callable | None = None,
-    train=None,
-    test=None,
+    train: Any = None,
+    test: Any = None,
     losses: Mapping | None = None,
-    metrics=None,
+    metrics: Mapping | None = None,
     headline: Mapping | None = None,
     seeds: int | Sequence[int] = 3,
     epochs: int = 10,
-    **options,
+    **options: Any,
 ) -> CompareResult:
     """Trains every method and one single-task model per task, seed by seed,
     and scores them on the test data.

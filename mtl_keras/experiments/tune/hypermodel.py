@@ -4,6 +4,7 @@ method, scored on all tasks at once."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -96,17 +97,12 @@ class MultiTaskHyperModel(kt.HyperModel):
     ```
     """
 
-    def __init__(
-        self,
-        build_model: Callable,
-        losses: Mapping,
-        metrics=None,
-        references: Mapping | None = None,
-        higher_is_better=None,
-        seed: int | None = None,
-        name: str | None = None,
-        **options,
-    ):
+    def __init__(self, build_model: Callable, losses: Mapping,
+                 metrics: Mapping | None = None,
+                 references: Mapping | None = None,
+                 higher_is_better: Mapping | None = None,
+                 seed: int | None = None, name: str | None = None,
+                 **options: Any) -> None:
         super().__init__(name=name)
         if not isinstance(losses, Mapping) or not losses:
             raise ValueError(f"`losses` must be a dict {{task: loss}}; got {losses!r}.")
@@ -142,7 +138,7 @@ class MultiTaskHyperModel(kt.HyperModel):
         """The tuner objective: the `MultiTaskScore` value, minimised."""
         return kt.Objective(score_name(self.references is not None), "min")
 
-    def log_names(self, model=None) -> set[str]:
+    def log_names(self, model: keras.Model | None = None) -> set[str]:
         """The log names a trial's history will have.
 
         Without `model`, those this class knows of: the loss, the per-task
@@ -185,7 +181,8 @@ class MultiTaskHyperModel(kt.HyperModel):
         )
         return model
 
-    def fit(self, hp: kt.HyperParameters, model, *args, **kwargs):
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any,
+            **kwargs: Any) -> Any:
         """`model.fit` with the score (and the method's) callbacks put first."""
         callbacks = list(kwargs.pop("callbacks", None) or [])
         first = [MultiTaskScore(self.references, self.higher_is_better)]

@@ -19,7 +19,7 @@ if keras.backend.backend() not in SUPPORTED_BACKENDS:
         "KERAS_BACKEND to one of them before importing keras."
     )
 
-from mtl_keras import balancers, callbacks, engine  # noqa: E402
+from mtl_keras import balancers, callbacks, engine, progress  # noqa: E402
 from mtl_keras.masked_metric import MaskedMetric  # noqa: E402
 from mtl_keras.model import MultiTaskModel  # noqa: E402
 from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
@@ -49,5 +49,6 @@ __all__ = [
     "balancers",
     "callbacks",
     "engine",
+    "progress",
     *_LAZY_SUBMODULES,
 ]

@@ -1,8 +1,10 @@
 """Runs in a subprocess: TF's device layout must be set before TF starts.
 
-`python _distributed_worker.py mirrored BALANCER OUT.npz`: one step of the
-tiny model under MirroredStrategy over 2 logical CPUs, and the same step on
-one device over the whole batch; saves both models' weights.
+`python _distributed_worker.py mirrored BALANCER[,BALANCER...] OUT_DIR`: for
+each balancer, two steps of the tiny model under MirroredStrategy over 2
+logical CPUs and the same steps on one device over the whole batch; saves
+both models' weights to OUT_DIR/BALANCER.npz (one process for all of them:
+TensorFlow starts once).
 
 `python _distributed_worker.py multiworker BALANCER OUT.npz` (with TF_CONFIG
 set): a few steps under MultiWorkerMirroredStrategy; saves the weights.
@@ -16,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-mode, balancer, out_path = sys.argv[1:4]
+mode, balancers, out_path = sys.argv[1:4]
 if mode == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -29,7 +31,7 @@ from _tiny import LOSSES, tiny_data, tiny_network  # noqa: E402
 from mtl_keras import MultiTaskModel  # noqa: E402
 
 
-def train(strategy, steps, batch_size=32):
+def train(balancer, strategy, steps, batch_size=32):
     with strategy.scope():
         model = tiny_network(keras.Model if balancer == "plain" else MultiTaskModel)
         model.compile(
@@ -49,9 +51,11 @@ def train(strategy, steps, batch_size=32):
 
 
 if mode == "mirrored":
-    mirrored = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), steps=2)
-    single = train(tf.distribute.get_strategy(), steps=2)
-    np.savez(out_path, *mirrored, *single)
+    mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for balancer in balancers.split(","):
+        mirrored = train(balancer, mirrored_strategy, steps=2)
+        single = train(balancer, tf.distribute.get_strategy(), steps=2)
+        np.savez(os.path.join(out_path, f"{balancer}.npz"), *mirrored, *single)
 else:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    np.savez(out_path, *train(strategy, steps=3))
+    np.savez(out_path, *train(balancers, strategy, steps=3))

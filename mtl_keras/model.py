@@ -500,16 +500,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return ops.zeros((), "float32")
         return ops.sum([ops.cast(ops.sum(loss), "float32") for loss in self.losses])
 
-    def _update_task_trackers(self, task_losses, balance, counted=True,
-                              batch_size=1) -> None:
+    def _update_task_trackers(self, task_losses, balance, counted=True) -> None:
         effective = ops.cast(self.task_weights.values, "float32") * balance
         count = ops.cast(counted, "float32")
         # A skipped step (counted=False) leaves the epoch means untouched.
-        # Task losses are averaged over samples, as `keras.Model` averages
-        # `<output>_loss`; task weights over steps.
         self._task_loss_trackers.update_state(
-            ops.where(counted, task_losses, 0.0),
-            sample_weight=count * ops.cast(batch_size, "float32"))
+            ops.where(counted, task_losses, 0.0), sample_weight=count)
         self._task_weight_trackers.update_state(
             ops.where(counted, effective, 0.0), sample_weight=count)
 
@@ -624,8 +620,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self._balanced_loss_tracker.update_state(
                 ops.where(finite, balanced_loss, 0.0), sample_weight=count)
         self._skipped_steps.update_state(1.0 - ops.cast(finite, "float32"))
-        self._update_task_trackers(task_losses, balance, counted=finite,
-                                   batch_size=batch_size)
+        self._update_task_trackers(task_losses, balance, counted=finite)
 
     # ------------------------------------------------------------ utilities
 

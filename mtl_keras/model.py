@@ -740,7 +740,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         if labels is None:
             return
         self._check_label_keys(labels)
-        outputs = dict(zip(self.task_names, self.outputs))
+        # With arrays, the outputs' batch size is that of the inputs.
+        inputs = keras.tree.flatten(x) if y is not None and x is not None else []
+        rows = tuple(getattr(inputs[0], "shape", None) or (None,))[:1] if inputs else ()
+        rows = rows or (None,)
+        outputs = {t: _Shaped(rows + tuple(output.shape[1:]))
+                   for t, output in zip(self.task_names, self.outputs)}
         for task in self.task_names:
             label = labels[task]
             if not (hasattr(label, "shape") and hasattr(label, "dtype")):
@@ -841,6 +846,13 @@ def _bind(method, model, args, kwargs) -> dict:
     arguments.pop("self", None)
     arguments.update(arguments.pop("kwargs", {}))
     return arguments
+
+
+class _Shaped:
+    """A stand-in for an output tensor of a known shape."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
 
 
 def _dataset_labels(data):

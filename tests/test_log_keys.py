@@ -49,6 +49,10 @@ def data(seed=1):
     return x, y
 
 
+def ExactCount(y_true, y_pred):  # noqa: N802 - Keras logs it `exact_count`
+    return keras.ops.cast(keras.ops.equal(keras.ops.round(y_pred), y_true), "float32")
+
+
 def sca(name=None):
     return keras.metrics.SparseCategoricalAccuracy(name=name)
 
@@ -96,7 +100,7 @@ METRICS = {
     "functions": same(
         lambda: {
             "a": [keras.metrics.sparse_categorical_accuracy],
-            "c": [keras.losses.mean_absolute_error],
+            "c": [keras.losses.mean_absolute_error, ExactCount],
         }
     ),
     "list_per_output": same(lambda: [["accuracy"], [sca("hit")], None]),
@@ -157,6 +161,8 @@ def test_history_keys_and_values_are_keras_model_s(case):
     ours = network()
     ours_logs = _compile_and_fit(ours, {"metrics": ours_metrics})
     theirs_logs = _compile_and_fit(network(keras.Model), {"metrics": theirs_metrics})
+    if case == "functions":
+        assert {"c_mean_absolute_error", "c_exact_count"} <= set(ours_logs)
     extras = ours.extra_log_names()
     assert extras == ["a_weight", "b_weight", "c_weight", "skipped_steps"]
     assert ours.extra_log_names(validation=True) == []

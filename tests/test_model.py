@@ -77,8 +77,11 @@ def test_validation_logs_omit_training_only_diagnostics():
     assert {"grad_norm/a", "grad_cos/a/b", "skipped_steps", "a_weight"} <= set(logs)
     assert {"val_a_loss", "val_b_loss"} <= set(logs)
     # Task weights too: evaluation applies no balancer.
-    assert not [key for key in logs if key.startswith(
-        ("val_grad", "val_skipped", "val_balanced"))]
+    assert not [
+        key
+        for key in logs
+        if key.startswith(("val_grad", "val_skipped", "val_balanced"))
+    ]
     assert "val_a_weight" not in logs and "val_b_weight" not in logs
 
 

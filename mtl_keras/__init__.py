@@ -20,7 +20,7 @@ if keras.backend.backend() not in SUPPORTED_BACKENDS:
         "KERAS_BACKEND to one of them before importing keras."
     )
 
-from mtl_keras import balancers, callbacks, engine, methods  # noqa: E402
+from mtl_keras import balancers, callbacks, engine, methods, progress  # noqa: E402
 from mtl_keras.masked_metric import MaskedMetric  # noqa: E402
 from mtl_keras.model import MultiTaskModel  # noqa: E402
 from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
@@ -57,5 +57,6 @@ __all__ = [
     "callbacks",
     "engine",
     "methods",
+    "progress",
     *_LAZY_SUBMODULES,
 ]

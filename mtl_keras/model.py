@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from mtl_keras import balancers as balancers_lib
 from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
 from mtl_keras.masked_metric import MaskedMetric
+from mtl_keras.progress import TaskProgbarLogger
 from mtl_keras.task_losses import (
     check_class_ids,
     check_label_dtype,
@@ -60,9 +62,16 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     The model owns the task weights (`model.task_weights`, initialised from
     `loss_weights`): static weights, epoch-level callbacks and balancers
     compose, since the task weights scale each loss before a balancer sees
-    it. Gradient balancers also log `grad_norm_<task>` and
-    `grad_cos_<a>/<b>`, read from the Gramian of the task gradients (see
+    it. Gradient balancers also log `grad_norm/<task>` and
+    `grad_cos/<a>/<b>`, read from the Gramian of the task gradients (see
     `compile(diagnostics=...)`).
+
+    The log keys are those of a `keras.Model` with the same outputs, losses
+    and metrics (`loss`, `<task>_loss`, `<task>_<metric>` and their `val_`
+    forms), plus the training-only keys listed by `extra_log_names()`.
+    The progress bar of `fit` leaves those extras out unless
+    `compile(progress_diagnostics=True)`, and shows `skipped_steps` only
+    once a step was skipped (see `mtl_keras.progress.TaskProgbarLogger`).
 
     Args:
         inputs: The model inputs, as for `keras.Model`.
@@ -173,6 +182,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         balancer: balancers_lib.Balancer | str | dict | None = None,
         jacobian: str = "loop",
         diagnostics: str = "auto",
+        progress_diagnostics: bool = False,
         **kwargs: Any,
     ) -> None:
         """Configures the model for training.
@@ -183,7 +193,13 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 function), or one loss for every task.
             loss_weights: A dict `{task: float}` of static task weights
                 (default 1 each). They initialise `model.task_weights`.
-            metrics: A dict `{task: [metrics]}`, as for `keras.Model`.
+            metrics: A dict `{task: [metrics]}` or a list with one entry
+                (a list of metrics, or `None`) per task in `task_names`
+                order, as for `keras.Model`; or one flat list of metrics
+                for every task. Strings, functions and `keras.metrics.Metric`
+                objects are logged under the names `keras.Model` gives them
+                (`<task>_<name>`); a metric object given to several tasks
+                is cloned for each, so no task's value holds another's.
             balancer: A balancer instance, a method name with a balancer
                 (`mtl_keras.methods.names()`; `mtl-keras methods` lists
                 them), a config dict, or `None`.
@@ -193,10 +209,14 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 (the backward pass vectorised over the tasks: pfor on
                 TensorFlow, `jax.vmap` on JAX; works with loss scaling).
             diagnostics: What a gradient balancer logs from the Gramian:
-                `"all"` (`grad_norm_<task>` and the pairwise cosines
-                `grad_cos_<a>/<b>`), `"norms"` (the norms only), `"none"`,
+                `"all"` (`grad_norm/<task>` and the pairwise cosines
+                `grad_cos/<a>/<b>`), `"norms"` (the norms only), `"none"`,
                 or `"auto"` (the default: "all" up to
                 `MAX_TASKS_FOR_COSINES` tasks, "norms" above).
+            progress_diagnostics: Whether `fit`'s progress bar also shows
+                the extra keys of `extra_log_names()` (task weights,
+                `balanced_loss`, gradient diagnostics). They always reach
+                the history and TensorBoard.
             **kwargs: Passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
@@ -210,6 +230,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 f"diagnostics must be one of {DIAGNOSTICS}, got {diagnostics!r}.")
         self._jacobian_method = jacobian
         self._diagnostics = diagnostics
+        self._progress_diagnostics = bool(progress_diagnostics)
         self.balancer = balancers_lib.get(balancer)
         if self.balancer is not None and not isinstance(
             self.balancer, balancers_lib.Balancer
@@ -221,12 +242,17 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self.balancer.build_for_tasks(self.task_names)
             self._check_balancer()
         self._create_trackers()
+        seen = set()
         super().compile(
             optimizer=optimizer, loss=None,
-            metrics=self._masked_metrics("metrics", metrics),
-            weighted_metrics=self._masked_metrics("weighted_metrics", weighted_metrics),
+            metrics=self._masked_metrics("metrics", metrics, seen),
+            weighted_metrics=self._masked_metrics(
+                "weighted_metrics", weighted_metrics, seen),
             **kwargs)
-        self._mtl_compile_args = {
+        # Untracked: as an attribute Keras would track the user's metric
+        # objects in it as metrics of the model, logged under their bare
+        # names (`accuracy`, holding the last task's value).
+        object.__setattr__(self, "_mtl_compile_args", {
             "loss": {t: keras.saving.serialize_keras_object(fn)
                      for t, fn in self.task_losses.items()},
             "loss_weights": self.task_weights.as_dict(),
@@ -234,20 +260,35 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                          if self.balancer is not None else None),
             "jacobian": jacobian,
             "diagnostics": diagnostics,
+            "progress_diagnostics": self._progress_diagnostics,
             "metrics": metrics,
             "weighted_metrics": weighted_metrics,
-        }
+        })
 
-    def _masked_metrics(self, what: str, metrics):
+    def _masked_metrics(self, what: str, metrics, seen: set):
         """`{task: [MaskedMetric, ...]}` for compile's `metrics` or
-        `weighted_metrics` (a dict by task, or one list for every task)."""
+        `weighted_metrics`: a dict by task, a list with one entry per task
+        (each a list or `None`), or one flat list for every task. `seen`
+        holds the ids of the metric objects already compiled."""
         if metrics is None:
             return None
-        if not isinstance(metrics, dict):
+        if _per_output_list(metrics, self.num_tasks):
+            metrics = dict(zip(self.task_names, metrics))
+        elif not isinstance(metrics, dict):
             metrics = {t: metrics for t in self.task_names}
         self._check_task_keys(what, metrics)
-        return {task: [MaskedMetric(m) for m in _as_list(task_metrics)]
-                for task, task_metrics in metrics.items()}
+        masked = {}
+        for task, task_metrics in metrics.items():
+            if task_metrics is None:
+                continue
+            masked[task] = []
+            for metric in _as_list(task_metrics):
+                if isinstance(metric, keras.metrics.Metric):
+                    if id(metric) in seen:  # shared: one state per task
+                        metric = _clone_metric(metric)
+                    seen.add(id(metric))
+                masked[task].append(MaskedMetric(metric))
+        return masked
 
     def _check_task_keys(self, what: str, value) -> None:
         if not isinstance(value, dict):
@@ -322,6 +363,43 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self._diagnostic_trackers = [
                 VectorMean(names, name="gradient_diagnostics")]
 
+    def extra_log_names(self, validation: bool = False) -> list[str]:
+        """The log keys this model adds to those of a `keras.Model` with
+        the same outputs, losses and metrics.
+
+        In training (after `compile`): `<task>_weight` for every task (the
+        epoch mean of the weight each step applied: the static weight times
+        the balancer's weight), `skipped_steps` (steps with a non-finite
+        loss, never applied), `balanced_loss` with a balancer (its own
+        objective), and with a gradient balancer the diagnostics
+        `grad_norm/<task>` and `grad_cos/<a>/<b>` (see
+        `compile(diagnostics=...)`). In validation and `evaluate`: none,
+        every `val_` key is one `keras.Model` logs too.
+
+        Args:
+            validation: The extras of the validation logs (`val_` keys).
+
+        Returns:
+            The key names, in the order the model logs them.
+
+        Example:
+
+        ```python
+        model.compile(optimizer="adam", loss=losses, balancer="upgrad")
+        model.extra_log_names()
+        # ['a_weight', 'b_weight', 'skipped_steps', 'balanced_loss',
+        #  'grad_norm/a', 'grad_norm/b', 'grad_cos/a/b']
+        ```
+        """
+        if validation or not hasattr(self, "_task_weight_trackers"):
+            return []
+        names = [*self._task_weight_trackers.entry_names, "skipped_steps"]
+        if self._balanced_loss_tracker is not None:
+            names.append("balanced_loss")
+        for tracker in self._diagnostic_trackers:
+            names += tracker.entry_names
+        return names
+
     def _cosines(self) -> bool:
         """Whether the pairwise gradient cosines are logged."""
         if self._diagnostics == "auto":
@@ -335,9 +413,9 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         ours = getattr(self, "_total_loss_tracker", None)
         metrics = [m for m in super().metrics if m.name != "loss" or m is ours]
         if getattr(self, "_evaluating", False):
-            # Gradient diagnostics, skipped steps and the balancer's
-            # objective exist only in training: `val_grad_norm_*` would be
-            # stale.
+            # Task weights, gradient diagnostics, skipped steps and the
+            # balancer's objective exist only in training (see
+            # `extra_log_names`).
             training_only = self._training_only_trackers()
             metrics = [m for m in metrics if all(m is not t for t in training_only)]
         return metrics
@@ -385,19 +463,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         K heads, a graph quadratic in K). Arguments as for
         `compute_task_losses`.
         """
-        if not isinstance(y, dict):
-            raise ValueError(
-                "Labels must be a dict {task: labels} with the tasks "
-                f"{self.task_names}; got {type(y).__name__}."
-            )
-        self._check_task_keys("labels", y)
-        missing = sorted(set(self.task_names) - set(y))
-        if missing:
-            raise ValueError(
-                f"The labels have no entry for task(s) {missing}. Give every task "
-                "a label; mark an unlabelled sample with -1 (class labels) or NaN "
-                "(float labels), or with sample weight 0."
-            )
+        self._check_label_keys(y)
         self._check_task_keys("sample_weight", sample_weight)
         losses = []
         for task in self.task_names:
@@ -485,7 +551,10 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return logs
 
     def _training_only_trackers(self) -> list:
-        trackers = [*self._diagnostic_trackers, self._skipped_steps]
+        # The task weights too: evaluation applies no balancer, so a
+        # `val_<task>_weight` would be another quantity under the same name.
+        trackers = [*self._diagnostic_trackers, self._skipped_steps,
+                    self._task_weight_trackers]
         if self._balanced_loss_tracker is not None:
             trackers.append(self._balanced_loss_tracker)
         return trackers
@@ -619,12 +688,113 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return super().from_config(config, custom_objects=custom_objects)
 
     def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
-        with label_errors():
-            return super().fit(*args, **kwargs)
+        """Trains the model, as `keras.Model.fit`.
+
+        Before anything is built or traced, the labels of `x`/`y` (arrays,
+        or a `tf.data.Dataset`'s element spec) and of `validation_data` are
+        checked: one entry per task, numeric, with shapes that fit the task
+        outputs; an error names the task and the fix. After a call that
+        failed, the next one rebuilds the train and test steps
+        (`make_train_function(force=True)`), so a fixed call works on the
+        same model. Unless `callbacks` holds a `ProgbarLogger` (or
+        `verbose=0`), the progress bar is a
+        `mtl_keras.progress.TaskProgbarLogger`.
+
+        Args:
+            *args: As for `keras.Model.fit`.
+            **kwargs: As for `keras.Model.fit`.
+
+        Returns:
+            The `History`, as `keras.Model.fit`.
+
+        Example:
+
+        ```python
+        history = model.fit(x, {"a": y_a, "b": y_b}, epochs=3)
+        ```
+        """
+        arguments = _bind(keras.Model.fit, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        validation = arguments.get("validation_data")
+        if isinstance(validation, (tuple, list)):
+            self._check_data(*validation[:2])
+        elif validation is not None:
+            self._check_data(validation, None)
+        callbacks = _with_progress_bar(
+            arguments.get("callbacks"), arguments.get("verbose", "auto"))
+        arguments["callbacks"], guard = _with_values_guard(callbacks)
+        with self._rebuilt_after_failure(guard), label_errors():
+            return super().fit(**arguments)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        with label_errors(), self._evaluation():
-            return super().evaluate(*args, **kwargs)
+        arguments = _bind(keras.Model.evaluate, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        arguments["callbacks"], guard = _with_values_guard(arguments.get("callbacks"))
+        with self._rebuilt_after_failure(guard), label_errors(), self._evaluation():
+            return super().evaluate(**arguments)
+
+    def _check_data(self, x, y=None) -> None:
+        """Checks the labels of `fit`/`evaluate` data before anything is
+        traced: `y`, or the labels of a `tf.data.Dataset` `x` (from its
+        element spec) or of a `PyDataset`'s first batch. Other data (Python
+        generators) are checked in the step."""
+        if (type(self).compute_task_losses is not MultiTaskModel.compute_task_losses
+                or type(self).compute_task_loss_list
+                is not MultiTaskModel.compute_task_loss_list
+                or not hasattr(self, "task_losses")):
+            return  # a subclass reads the labels its own way
+        labels = y if y is not None else _dataset_labels(x)
+        if labels is None:
+            return
+        self._check_label_keys(labels)
+        # With arrays, the outputs' batch size is that of the inputs.
+        inputs = keras.tree.flatten(x) if y is not None and x is not None else []
+        rows = tuple(getattr(inputs[0], "shape", None) or (None,))[:1] if inputs else ()
+        rows = rows or (None,)
+        outputs = {t: _Shaped(rows + tuple(output.shape[1:]))
+                   for t, output in zip(self.task_names, self.outputs)}
+        for task in self.task_names:
+            label = labels[task]
+            if not (hasattr(label, "shape") and hasattr(label, "dtype")):
+                continue  # e.g. a list: converted (and checked) in the step
+            check_label_dtype(task, label)
+            if getattr(label.shape, "rank", 0) is not None:
+                check_label_shape(task, self.task_losses[task], label,
+                                  outputs[task])
+
+    def _check_label_keys(self, y) -> None:
+        if not isinstance(y, dict):
+            raise ValueError(
+                "Labels must be a dict {task: labels} with the tasks "
+                f"{self.task_names}; got {type(y).__name__}."
+            )
+        self._check_task_keys("labels", y)
+        missing = sorted(set(self.task_names) - set(y))
+        if missing:
+            raise ValueError(
+                f"The labels have no entry for task(s) {missing}. Give every task "
+                "a label; mark an unlabelled sample with -1 (class labels) or NaN "
+                "(float labels), or with sample weight 0."
+            )
+
+    @contextlib.contextmanager
+    def _rebuilt_after_failure(self, guard=None):
+        """Rebuilds the train and test steps if the previous `fit` /
+        `evaluate` failed: a step whose trace failed half-way cannot be
+        traced again (TensorFlow refuses to create variables on a non-first
+        call of a `tf.function`). On JAX, `guard` (a
+        `_compat.JaxValuesGuard`) gives the variables back their values."""
+        if self.__dict__.get("_step_failed") and getattr(self, "compiled", False):
+            self.make_train_function(force=True)
+            self.make_test_function(force=True)
+        object.__setattr__(self, "_step_failed", False)
+        try:
+            yield
+        except BaseException:
+            object.__setattr__(self, "_step_failed", True)
+            if guard is not None:
+                guard.restore(self)
+            raise
 
     @contextlib.contextmanager
     def _evaluation(self):
@@ -637,11 +807,15 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self._evaluating = False
 
     def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
-        with label_errors():
+        arguments = _bind(keras.Model.train_on_batch, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        with self._rebuilt_after_failure(), label_errors():
             return super().train_on_batch(*args, **kwargs)
 
     def test_on_batch(self, *args: Any, **kwargs: Any) -> Any:
-        with label_errors(), self._evaluation():
+        arguments = _bind(keras.Model.test_on_batch, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        with self._rebuilt_after_failure(), label_errors(), self._evaluation():
             return super().test_on_batch(*args, **kwargs)
 
 
@@ -670,6 +844,70 @@ def _task_weight(task, value) -> float:
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _bind(method, model, args, kwargs) -> dict:
+    """The arguments of a `keras.Model` method call, by name."""
+    bound = inspect.signature(method).bind(model, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    arguments.update(arguments.pop("kwargs", {}))
+    return arguments
+
+
+class _Shaped:
+    """A stand-in for an output tensor of a known shape."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def _dataset_labels(data):
+    """The labels of `(x, y, ...)` data, where they are cheap to read: a
+    `tf.data.Dataset`'s element spec, or a `PyDataset`'s first batch."""
+    if isinstance(data, tf.data.Dataset):
+        element = data.element_spec
+    elif isinstance(data, keras.utils.PyDataset) and data.num_batches:
+        element = data[0]
+    else:
+        return None
+    if isinstance(element, tuple) and len(element) >= 2:
+        return element[1]
+    return None
+
+
+def _with_progress_bar(callbacks, verbose):
+    """`callbacks` plus a `TaskProgbarLogger` when the progress bar shows
+    and the user gave no `ProgbarLogger` of their own."""
+    if verbose == 0 or isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    callbacks = keras.tree.flatten(callbacks) if callbacks else []
+    if any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        return callbacks
+    return [*callbacks, TaskProgbarLogger()]
+
+
+def _with_values_guard(callbacks):
+    """`(callbacks, guard)`: on JAX, a `_compat.JaxValuesGuard` first in
+    `callbacks` (`guard` is `None` on other backends)."""
+    if keras.backend.backend() != "jax" or isinstance(
+            callbacks, keras.callbacks.CallbackList):
+        return callbacks, None
+    guard = _compat.JaxValuesGuard()
+    callbacks = keras.tree.flatten(callbacks) if callbacks else []
+    return [guard, *callbacks], guard
+
+
+def _per_output_list(metrics, num_tasks: int) -> bool:
+    """Whether `metrics` is a list with one entry (a list or `None`) per
+    task, which `keras.Model` reads as the metrics of each output."""
+    return (isinstance(metrics, (list, tuple)) and len(metrics) == num_tasks
+            and all(m is None or isinstance(m, (list, tuple)) for m in metrics))
+
+
+def _clone_metric(metric: keras.metrics.Metric) -> keras.metrics.Metric:
+    """A fresh metric with the same configuration (and name)."""
+    return type(metric).from_config(metric.get_config())
 
 
 def _mean_over_replicas(value):

@@ -19,6 +19,7 @@ or after it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -237,7 +238,8 @@ def metric_name(metric: Any) -> str:
     the `<task>_` prefix).
 
     A string is its own name (`"accuracy"`), a metric object has its `name`,
-    a metric function its `__name__`, any other callable its class name.
+    a metric function its `__name__` and any other callable its class name,
+    both in snake case (as Keras' `compile` names them).
 
     Args:
         metric: a metric as given to `compile(metrics=...)`.
@@ -251,6 +253,15 @@ def metric_name(metric: Any) -> str:
     """
     if isinstance(metric, str):
         return metric
-    if isinstance(metric, keras.metrics.Metric):
+    if isinstance(metric, type) and issubclass(metric, keras.metrics.Metric):
+        return metric().name  # a class: Keras instantiates it
+    if isinstance(getattr(metric, "name", None), str):
         return metric.name
-    return getattr(metric, "__name__", type(metric).__name__)
+    return _snake_case(getattr(metric, "__name__", type(metric).__name__))
+
+
+def _snake_case(name: str) -> str:
+    """`CamelCase` to `camel_case`, with the rules of Keras' object names."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()

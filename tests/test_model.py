@@ -74,9 +74,15 @@ def test_validation_logs_omit_training_only_diagnostics():
     model.compile(optimizer="sgd", loss=LOSSES, balancer="mgda")
     history = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0)
     logs = history.history
-    assert {"grad_norm_a", "grad_cos_a/b", "skipped_steps"} <= set(logs)
-    assert {"val_a_loss", "val_b_loss", "val_a_weight"} <= set(logs)
-    assert not [key for key in logs if key.startswith(("val_grad", "val_skipped"))]
+    assert {"grad_norm/a", "grad_cos/a/b", "skipped_steps", "a_weight"} <= set(logs)
+    assert {"val_a_loss", "val_b_loss"} <= set(logs)
+    # Task weights too: evaluation applies no balancer.
+    assert not [
+        key
+        for key in logs
+        if key.startswith(("val_grad", "val_skipped", "val_balanced"))
+    ]
+    assert "val_a_weight" not in logs and "val_b_weight" not in logs
 
 
 def test_masked_labels_contribute_nothing():

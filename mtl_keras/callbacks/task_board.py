@@ -34,10 +34,13 @@ class TaskBoard(keras.callbacks.TensorBoard):
 
     - "Task losses": one chart per task, `<task>_loss`, training and
       validation on the same chart.
-    - "Task weights": the effective weight of every task (`<task>_weight`).
+    - "Task weights": one chart, one line per task: the weight each step
+      applied (`<task>_weight`, static weight × balancer weight; logged in
+      training only).
     - "Task metrics": one chart per task metric (`<task>_<metric>`).
-    - "Gradient norms" and "Gradient cosines": `grad_norm_<task>` and
-      `grad_cos_<a>/<b>`, when the model logs them (gradient balancers).
+    - "Gradient norms" and "Gradient cosines": `grad_norm/<task>` and
+      `grad_cos/<a>/<b>`, when the model logs them (gradient balancers).
+      TensorBoard's own Scalars tab also puts each kind in one section.
 
     With an integer `update_freq=N`, the `TensorBoard` callback also writes
     every log key as `batch_<key>` every N training batches; the layout then
@@ -141,7 +144,7 @@ def group_log_keys(task_names: Sequence[str], log_keys: Iterable[str]) -> dict:
     by_length = sorted(task_names, key=len, reverse=True)
     for key in dict.fromkeys(log_keys):
         if key in diagnostics:
-            group = "grad_norms" if key.startswith("grad_norm_") else "grad_cosines"
+            group = "grad_norms" if key.startswith("grad_norm/") else "grad_cosines"
             groups[group].append(key)
             continue
         task = next((t for t in by_length if key.startswith(f"{t}_")), None)

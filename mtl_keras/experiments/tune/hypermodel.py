@@ -142,21 +142,31 @@ class MultiTaskHyperModel(kt.HyperModel):
         """The log names a trial's history will have.
 
         Without `model`, those this class knows of: the loss, the per-task
-        losses, weights and compiled metrics (and their `val_` forms), the
-        gradient diagnostics of gradient balancers, and the score. With a
-        compiled `model` (from `build`), also the names of its own metric
-        trackers.
+        losses and compiled metrics (and their `val_` forms), and the
+        training-only extras of `MultiTaskModel.extra_log_names` (task
+        weights, `skipped_steps`, `balanced_loss` and the gradient
+        diagnostics of the balancers searched; no `val_` form), and the
+        score. With a compiled `model` (from `build`), also the names of its
+        own metric trackers.
         """
-        per_task = set()
+        names = {"loss"}
         for task in self.tasks:
-            per_task |= {f"{task}_loss", f"{task}_weight"}
-            per_task |= {f"{task}_{m}" for m in self.metric_names[task]}
-        names = {"loss", *per_task}
-        if any(methods.get(b).kind == "gradient" for b in self.balancers or ()):
-            names |= set(engine.diagnostic_names(self.tasks))
+            names.add(f"{task}_loss")
+            names |= {f"{task}_{m}" for m in self.metric_names[task]}
+        names |= {f"val_{n}" for n in names}
+        extras = {f"{task}_weight" for task in self.tasks} | {"skipped_steps"}
+        if self.balancers:
+            extras.add("balanced_loss")
+        if any(methods.get(b).kind == "gradient"
+               for b in self.balancers or ()):
+            extras |= set(engine.diagnostic_names(self.tasks))
         if model is not None:
-            names |= {m.name for m in model.metrics} - {"compile_metrics"}
-        return names | {f"val_{n}" for n in names} | {self.objective.name}
+            extras |= set(model.extra_log_names())
+            own = {m.name for m in model.metrics} - {
+                "compile_metrics", "task_losses", "task_weights",
+                "gradient_diagnostics", *extras}
+            names |= own | {f"val_{n}" for n in own}
+        return names | extras | {self.objective.name}
 
     # ---------------------------------------------------------- search space
 

@@ -30,7 +30,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import keras
 
@@ -114,15 +114,17 @@ class Method:
     @property
     def factory(self) -> type:
         """The class the method builds: its callback's, else its balancer's."""
-        return self.callback if self.callback is not None else self.balancer
+        factory = self.callback if self.callback is not None else self.balancer
+        assert factory is not None, f"method {self.name!r} builds nothing"
+        return factory
 
     @property
     def required(self) -> tuple[str, ...]:
         """Constructor arguments without a default, which `parts` needs."""
-        parameters = inspect.signature(self.factory.__init__).parameters
+        parameters = inspect.signature(self.factory).parameters
         return tuple(
             name
-            for name, p in list(parameters.items())[1:]
+            for name, p in parameters.items()
             if p.default is inspect.Parameter.empty
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
             and name not in self.preset
@@ -169,7 +171,7 @@ class Method:
             )
         if self.callback is not None:
             return MethodParts(None, (self.callback(**config),))
-        return MethodParts(self.balancer(**config))
+        return MethodParts(self.factory(**config))
 
     def names(self) -> tuple[str, ...]:
         """The canonical name and the aliases."""
@@ -186,14 +188,15 @@ def _float(low, high, default, sampling="linear"):
     return declare
 
 
-def _from_class(cls: type[Balancer], **fields) -> Method:
+def _from_class(cls: type[Balancer], **fields: Any) -> Method:
     """The row of a registered balancer class: its registered name, kind and
     the first line of its docstring, plus `fields`."""
     for key in ("preset", "hyperparameters"):
         if key in fields:
             fields[key] = MappingProxyType(dict(fields[key]))
     first_line = (cls.__doc__ or cls.registered_name).strip().splitlines()[0]
-    return Method(cls.registered_name, cls.kind, first_line, balancer=cls, **fields)
+    kind = cast(Kind, cls.kind)
+    return Method(cls.registered_name, kind, first_line, balancer=cls, **fields)
 
 
 # The rows that say more than a registered balancer class does by itself:
@@ -352,7 +355,7 @@ def get(name: str | Method) -> Method:
     )
 
 
-def balancer(name: str, **kwargs) -> Balancer:
+def balancer(name: str, **kwargs: Any) -> Balancer:
     """The balancer of method `name`, for `compile(balancer=...)`.
 
     Args:
@@ -371,15 +374,17 @@ def balancer(name: str, **kwargs) -> Balancer:
     ```
     """
     method = get(name)
-    if method.balancer is None:
+    if method.balancer is None or method.callback is not None:
         raise ValueError(
             f"{name!r} is a callback method, not a balancer ({method.description}) "
             "Compile with balancer=None (or any balancer) and pass "
             f"model.fit(..., callbacks=[mtl_keras.callbacks."
-            f"{method.callback.__name__}(...)]), or use "
+            f"{method.factory.__name__}(...)]), or use "
             f"mtl_keras.methods.get({method.name!r}).parts(...)."
         )
-    return method.parts(kwargs).balancer
+    balancer = method.parts(kwargs).balancer
+    assert balancer is not None
+    return balancer
 
 
 __all__ = [

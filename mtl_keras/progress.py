@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import keras
 
 __all__ = ["TaskProgbarLogger", "progress_logs"]
 
 
-def progress_logs(logs: dict | None, hidden, show_skipped: bool = False) -> dict:
+def progress_logs(
+    logs: dict | None, hidden: Collection[str], show_skipped: bool = False
+) -> dict:
     """The logs a progress bar shows: `logs` less the `hidden` keys, and
     less `skipped_steps` while it is 0 (unless `show_skipped`).
 
@@ -70,7 +74,7 @@ class TaskProgbarLogger(keras.callbacks.ProgbarLogger):
     ```
     """
 
-    def __init__(self, diagnostics: bool | None = None):
+    def __init__(self, diagnostics: bool | None = None) -> None:
         super().__init__()
         self.diagnostics = diagnostics
 
@@ -86,16 +90,16 @@ class TaskProgbarLogger(keras.callbacks.ProgbarLogger):
         hidden = [n for n in model.extra_log_names() if n != "skipped_steps"]
         return progress_logs(logs, hidden)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         super().on_train_batch_end(batch, self._shown(logs))
 
-    def on_test_batch_end(self, batch, logs=None):
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         super().on_test_batch_end(batch, self._shown(logs))
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_end(epoch, self._shown(logs))
 
-    def on_test_end(self, logs=None):
+    def on_test_end(self, logs: dict | None = None) -> None:
         super().on_test_end(self._shown(logs))
 
     def get_config(self) -> dict:

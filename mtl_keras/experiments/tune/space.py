@@ -74,7 +74,7 @@ def balancer_space(name: str) -> dict[str, Callable]:
     method = methods.get(name)
     space = dict(method.hyperparameters)
     cls = method.factory
-    parameters = inspect.signature(cls.__init__).parameters
+    parameters = inspect.signature(cls).parameters
     unknown = sorted(set(space) - set(parameters))
     if unknown:
         raise ValueError(

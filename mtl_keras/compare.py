@@ -29,8 +29,6 @@ result.plot("shapes.png")
 
 from __future__ import annotations
 
-import os
-
 from mtl_keras import suites
 from mtl_keras.experiments.compare import (
     available_methods,
@@ -50,23 +48,9 @@ from mtl_keras.suites import Suite
 BenchmarkData = Suite
 
 
-def load_data(
-    name: str,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    architecture: str = "hard",
-    protocol: str | None = None,
-) -> Suite:
-    """A built-in suite by name: `mtl_keras.suites.load` (see there).
-
-    Example:
-
-    ```python
-    data = load_data("shapes", train_size=256, test_size=64)
-    ```
-    """
-    return suites.load(name, train_size, test_size, data_dir, architecture, protocol)
+#: A built-in suite by name: `mtl_keras.suites.load` (see there), e.g.
+#: `load_data("shapes", train_size=256, test_size=64)`.
+load_data = suites.load
 
 
 __all__ = [

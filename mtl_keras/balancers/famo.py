@@ -9,7 +9,7 @@ from keras import ops
 from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
-from mtl_keras.balancers.solvers import adam_step
+from mtl_keras.balancers.solvers import adam_update
 
 
 @register("famo")
@@ -119,18 +119,8 @@ class FAMO(LossBalancer):
         probabilities = ops.softmax(logits)
         gradient = probabilities * (improvement - ops.sum(probabilities * improvement))
         gradient = gradient + self.gamma * logits
-        step = ops.convert_to_tensor(self.step_counter) + 1.0
-        delta, first, second = adam_step(
-            gradient,
-            ops.convert_to_tensor(self.first_moment),
-            ops.convert_to_tensor(self.second_moment),
-            step,
-            self.learning_rate,
-        )
+        delta = adam_update(self, gradient)
         self.logits.assign(logits + delta)
-        self.first_moment.assign(first)
-        self.second_moment.assign(second)
-        self.step_counter.assign(step)
 
     def get_config(self) -> dict:
         return {

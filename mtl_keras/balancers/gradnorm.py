@@ -9,7 +9,7 @@ from keras import ops
 from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
-from mtl_keras.balancers.solvers import adam_step
+from mtl_keras.balancers.solvers import adam_update
 
 # Weights are kept above this before renormalisation, so none turns negative.
 _MIN_WEIGHT = 1e-3
@@ -113,19 +113,9 @@ class GradNorm(GramianBalancer):
         gradient = gradnorm_gradient(
             weights, gramian, self._loss_ratios(task_losses), self.alpha
         )
-        step = ops.convert_to_tensor(self.step_counter) + 1.0
-        delta, first, second = adam_step(
-            gradient,
-            ops.convert_to_tensor(self.first_moment),
-            ops.convert_to_tensor(self.second_moment),
-            step,
-            self.learning_rate,
-        )
+        delta = adam_update(self, gradient)
         updated = ops.maximum(weights + delta, _MIN_WEIGHT)
         self.task_weights.assign(updated * weights.shape[0] / ops.sum(updated))
-        self.first_moment.assign(first)
-        self.second_moment.assign(second)
-        self.step_counter.assign(step)
         return weights
 
     def get_config(self) -> dict:

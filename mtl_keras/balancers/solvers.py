@@ -454,3 +454,29 @@ def adam_step(
     corrected_second = second_moment / (1.0 - beta_2**step)
     delta = -learning_rate * corrected_first / (ops.sqrt(corrected_second) + epsilon)
     return delta, first_moment, second_moment
+
+
+def adam_update(balancer: Any, gradient: Any) -> Any:
+    """One `adam_step` on a balancer's own Adam state: reads and assigns its
+    `first_moment`, `second_moment` and `step_counter` variables (FAMO,
+    GradNorm) at its `learning_rate`.
+
+    Args:
+        balancer: The balancer that holds the Adam state.
+        gradient: The gradient of the balancer's own parameters.
+
+    Returns:
+        The change to add to those parameters.
+    """
+    step = ops.convert_to_tensor(balancer.step_counter) + 1.0
+    delta, first, second = adam_step(
+        gradient,
+        ops.convert_to_tensor(balancer.first_moment),
+        ops.convert_to_tensor(balancer.second_moment),
+        step,
+        balancer.learning_rate,
+    )
+    balancer.first_moment.assign(first)
+    balancer.second_moment.assign(second)
+    balancer.step_counter.assign(step)
+    return delta

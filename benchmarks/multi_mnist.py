@@ -378,13 +378,13 @@ PROTOCOL_SOURCES = (
 
 
 def all_methods() -> list[str]:
-    """Every registered balancer once (aliases of one configuration dropped),
-    then DWA."""
-    from mtl_keras import balancers
+    """Every method with a balancer once (`mtl_keras.methods`; static weights
+    under their alias `ew`, the name the logged runs carry), then DWA, the
+    callback method the published table covers."""
+    from mtl_keras import methods
 
-    duplicates = ("equal", "static")  # both are `ew`'s configuration
-    names = [n.replace("_", "-") for n in balancers.available()
-             if n not in duplicates]
+    names = [(m.aliases[0] if m.kind == "static" else m.name).replace("_", "-")
+             for m in methods.all_methods() if m.balancer is not None]
     return sorted(names) + ["dwa"]
 
 

@@ -100,8 +100,6 @@ TASK_SETS = {
 }
 DERIVED_LOSSES = {"kinds": "binary_crossentropy", "coverage": "mse"}
 LOSSES = {**SHAPES_LOSSES, **DERIVED_LOSSES}
-#: Registry names that only repeat another entry (`static`).
-ALIASES = ("ew", "equal")
 #: Methods also timed with `jacobian="pfor"` (the loop is the default).
 PFOR_METHODS = ("mgda", "upgrad")
 PFOR_SUFFIX = ' (jacobian="pfor")'
@@ -296,8 +294,10 @@ def variants_for(balancer_names: Sequence[str], pfor: Sequence[str],
 
 
 def default_balancers() -> list[str]:
-    """Every registered balancer (loss ones first), without pure aliases."""
-    names = [name for name in balancers_lib.available() if name not in ALIASES]
+    """Every method with a balancer (`mtl_keras.methods`), loss ones first."""
+    from mtl_keras import methods
+
+    names = [m.name for m in methods.all_methods() if m.balancer is not None]
     kinds = {name: goal_kind(balancers_lib.get(name)) for name in names}
     order = {"loss": 0, "gradient": 1, "rep": 2}
     return sorted(names, key=lambda name: (order[kinds[name]], name != "static", name))

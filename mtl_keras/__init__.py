@@ -2,7 +2,8 @@
 
 Build one functional model with a shared trunk and named task heads
 (`MultiTaskModel`), pick how the task losses are balanced
-(`mtl_keras.balancers`, `mtl_keras.callbacks`), and train with `model.fit`.
+(`mtl_keras.methods` names them all: `mtl_keras.balancers`,
+`mtl_keras.callbacks`), and train with `model.fit`.
 """
 
 import importlib
@@ -19,7 +20,7 @@ if keras.backend.backend() not in SUPPORTED_BACKENDS:
         "KERAS_BACKEND to one of them before importing keras."
     )
 
-from mtl_keras import balancers, callbacks, engine  # noqa: E402
+from mtl_keras import balancers, callbacks, engine, methods, progress  # noqa: E402
 from mtl_keras.masked_metric import MaskedMetric  # noqa: E402
 from mtl_keras.model import MultiTaskModel  # noqa: E402
 from mtl_keras.task_losses import MISSING_LABEL  # noqa: E402
@@ -29,7 +30,13 @@ __version__ = "0.2.0"
 
 # Imported on first use: they pull in TFDS / KerasTuner, which are slow to load.
 _LAZY_SUBMODULES = (
-    "architectures", "compare", "datasets", "demo", "export", "metrics", "scores",
+    "architectures",
+    "compare",
+    "datasets",
+    "demo",
+    "export",
+    "metrics",
+    "scores",
     "tuning",
 )
 
@@ -49,5 +56,7 @@ __all__ = [
     "balancers",
     "callbacks",
     "engine",
+    "methods",
+    "progress",
     *_LAZY_SUBMODULES,
 ]

@@ -9,6 +9,7 @@ minor versions tested.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -57,7 +58,7 @@ def unlocked_state(layer: keras.layers.Layer):
     the balancer is built. No public route: this unlocks the private
     `Layer._tracker` for the duration (checked against Keras 3.15.1).
     """
-    tracker = getattr(layer, "_tracker", None)
+    tracker: Any = getattr(layer, "_tracker", None)
     was_locked = tracker is not None and tracker.locked
     if was_locked:
         tracker.unlock()
@@ -66,3 +67,57 @@ def unlocked_state(layer: keras.layers.Layer):
     finally:
         if was_locked:
             tracker.lock()
+
+
+class JaxValuesGuard(keras.callbacks.Callback):
+    """Gives the variables back their values after a failed JAX `fit` or
+    `evaluate`.
+
+    Keras' JAX trainer detaches every variable's value when a loop starts
+    (`_purge_model_variables`, to save memory: the values travel in the
+    stateless step's state) and reattaches them at the end of the epoch
+    (`jax_state_sync`). A step that fails (a trace error, a label typo read
+    in the step) leaves them detached: the model cannot be used again, not
+    even to retry `fit`. This callback keeps references to the values from
+    the start of the loop until its first step ends (when Keras donates
+    them to the step); after a failure `restore()` reassigns them, or, past
+    the first step, syncs the state Keras keeps of the last step (checked
+    against Keras 3.15.1).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.values = None
+
+    def _keep(self) -> None:
+        model = self.model
+        variables = [*model.trainable_variables, *model.non_trainable_variables,
+                     *model.metrics_variables]
+        if getattr(model, "optimizer", None) is not None:
+            variables += model.optimizer.variables
+        unique = {id(v): v for v in variables}
+        self.values = [(v, v.value) for v in unique.values()]
+
+    def on_train_begin(self, logs=None):
+        self._keep()
+
+    def on_test_begin(self, logs=None):
+        self._keep()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._keep()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values = None
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.values = None
+
+    def restore(self, model) -> None:
+        """Reattaches the values the failed loop detached."""
+        if self.values is not None:
+            for variable, value in self.values:
+                variable.assign(value)
+            self.values = None
+        else:
+            model.jax_state_sync()

@@ -1,7 +1,7 @@
 """Compare balancing methods: the logic behind `mtl-keras compare`.
 
-`compare` trains every method (a balancer name, or `"dwa"` for the
-`DynamicWeightAverage` callback) for each seed, plus one single-task model
+`compare` trains every method (a name of `mtl_keras.methods`: a balancer,
+or a callback method such as `"dwa"`) for each seed, plus one single-task model
 per task (the same network built with one task), scores every model on the
 test data, and returns a `CompareResult`: per-task headline metrics as mean ±
 std over seeds, Δm% against the single-task means (Maninis et al., CVPR
@@ -29,8 +29,6 @@ result.plot("shapes.png")
 
 from __future__ import annotations
 
-import os
-
 from mtl_keras import suites
 from mtl_keras.experiments.compare import (
     available_methods,
@@ -48,33 +46,27 @@ from mtl_keras.suites import Suite
 
 #: The former name of `mtl_keras.suites.Suite`.
 BenchmarkData = Suite
-#: The callback method (no balancer): Dynamic Weight Average.
-DWA = "dwa"
 
 
-def load_data(
-    name: str,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    architecture: str = "hard",
-    protocol: str | None = None,
-) -> Suite:
-    """A built-in suite by name: `mtl_keras.suites.load` (see there).
-
-    Example:
-
-    ```python
-    data = load_data("shapes", train_size=256, test_size=64)
-    ```
-    """
-    return suites.load(name, train_size, test_size, data_dir, architecture,
-                       protocol)
+#: A built-in suite by name: `mtl_keras.suites.load` (see there), e.g.
+#: `load_data("shapes", train_size=256, test_size=64)`.
+load_data = suites.load
 
 
 __all__ = [
-    "DWA", "SINGLE_TASK", "BenchmarkData", "CompareResult", "MethodSummary",
-    "RunRecord", "Suite", "available_methods", "check_methods", "compare",
-    "learning_rate_callbacks", "load_data", "matplotlib_colors", "method_parts",
-    "steady_seconds", "train_run",
+    "SINGLE_TASK",
+    "BenchmarkData",
+    "CompareResult",
+    "MethodSummary",
+    "RunRecord",
+    "Suite",
+    "available_methods",
+    "check_methods",
+    "compare",
+    "learning_rate_callbacks",
+    "load_data",
+    "matplotlib_colors",
+    "method_parts",
+    "steady_seconds",
+    "train_run",
 ]

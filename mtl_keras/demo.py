@@ -11,8 +11,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from mtl_keras import architectures
-from mtl_keras.callbacks import DynamicWeightAverage, TaskBoard
+from mtl_keras import architectures, methods
+from mtl_keras.callbacks import TaskBoard
 from mtl_keras.datasets import shapes
 from mtl_keras.suites import shapes as shapes_suite
 
@@ -60,8 +60,9 @@ def train_shapes(
     """Trains the reference shapes model and returns the run.
 
     Args:
-        balancer: A balancer (name or instance), `None` for static weights,
-            or `"dwa"` for the `DynamicWeightAverage` callback.
+        balancer: A method name (`mtl_keras.methods`: a balancer, or a
+            callback method such as `"dwa"`), a balancer instance, or `None`
+            for static weights.
         epochs: Training epochs.
         logdir: If given, `TaskBoard` writes TensorBoard logs there (the
             Keras scalars plus the per-task custom-scalars layout).
@@ -76,14 +77,21 @@ def train_shapes(
     """
     keras.utils.set_random_seed(seed)
     tasks = tuple(tasks)
-    train = shapes.load("train", num_examples=train_size, seed=seed,
-                        batch_size=batch_size, tasks=tasks)
-    validation = shapes.load("validation", num_examples=validation_size,
-                             seed=seed, batch_size=256, tasks=tasks)
+    train = shapes.load(
+        "train", num_examples=train_size, seed=seed, batch_size=batch_size, tasks=tasks
+    )
+    validation = shapes.load(
+        "validation",
+        num_examples=validation_size,
+        seed=seed,
+        batch_size=256,
+        tasks=tasks,
+    )
     callbacks = list(callbacks)
-    if isinstance(balancer, str) and balancer.lower() == "dwa":
-        balancer = None
-        callbacks.append(DynamicWeightAverage())
+    if isinstance(balancer, str):
+        parts = methods.get(balancer).parts()
+        balancer = parts.balancer
+        callbacks = [*parts.callbacks, *callbacks]
     if logdir:
         callbacks.append(TaskBoard(logdir))
     model = architectures.shapes_network(tasks=tasks)
@@ -94,12 +102,20 @@ def train_shapes(
         balancer=balancer,
         jit_compile=jit_compile,
     )
-    history = model.fit(train, validation_data=validation, epochs=epochs,
-                        callbacks=callbacks, verbose=verbose)
+    # `shuffle=False`: the training dataset reshuffles itself every epoch.
+    history = model.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )
     baseline = float("nan")
     if "seg" in tasks:
-        _, labels = shapes.load_numpy("validation", validation_size, seed=seed,
-                                      tasks=("seg",))
+        _, labels = shapes.load_numpy(
+            "validation", validation_size, seed=seed, tasks=("seg",)
+        )
         baseline = background_miou(labels["seg"])
     return DemoResult(model, history.history, tasks, baseline)
 
@@ -107,8 +123,10 @@ def train_shapes(
 def format_table(result: DemoResult) -> str:
     """The per-task table of final train/validation loss and metric."""
     final = {key: values[-1] for key, values in result.history.items()}
-    header = f"{'task':<7}{'metric':<10}{'train loss':>12}{'val loss':>10}" \
-             f"{'train':>9}{'val':>9}{'weight':>8}"
+    header = (
+        f"{'task':<7}{'metric':<10}{'train loss':>12}{'val loss':>10}"
+        f"{'train':>9}{'val':>9}{'weight':>8}"
+    )
     lines = [header, "-" * len(header)]
     for task in result.tasks:
         metric, _ = SHAPES_HEADLINE[task]

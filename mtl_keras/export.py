@@ -11,8 +11,9 @@ Example:
 mtl_keras.export.saved_model(model, "export/1",
                              postprocess={"cls": "classify", "seg": "segment"})
 serve = tf.saved_model.load("export/1").signatures["serving_default"]
-outputs = serve(image=images)  # {"cls", "cls_class_id", "cls_probabilities",
-                               #  "count", "seg", "seg_class_map"}
+outputs = serve(image=images)  # {"cls", "cls_class_id", "count", "seg",
+                               #  "seg_class_map"}; a logit (linear) cls head
+                               #  also gets "cls_probabilities"
 ```
 
 Or from the command line: `mtl-keras export model.keras export/1
@@ -33,22 +34,41 @@ import tensorflow as tf
 from keras import ops
 
 
+def _activation(output_layer):
+    """The activation function of the layer that produced a task output, or
+    None when it is unknown (no such layer, or a layer without one)."""
+    return getattr(output_layer, "activation", None)
+
+
 def _classify(task: str, output, output_layer) -> Callable[..., dict]:
-    """`<task>_class_id` (argmax) and `<task>_probabilities`."""
-    if output.shape[-1] is None or output.shape[-1] < 2:
+    """`<task>_class_id`, and `<task>_probabilities` for a logit head only."""
+    activation = _activation(output_layer)
+    logits = activation is keras.activations.linear
+    units = output.shape[-1]
+    if units == 1 and not (logits or activation is keras.activations.sigmoid):
         raise ValueError(
-            f"postprocess 'classify' for task {task!r} needs one score per class "
-            f"on the last axis (at least 2); the output has shape {output.shape}."
+            f"postprocess 'classify' for task {task!r}: a one-unit output needs a "
+            "sigmoid (a probability) or linear (a logit) activation, to know "
+            "where its decision threshold lies."
+        )
+    if units is None or units < 1:
+        raise ValueError(
+            f"postprocess 'classify' for task {task!r} needs class scores on the "
+            f"last axis; the output has shape {output.shape}."
         )
 
     def postprocess(scores):
-        probabilities = scores
-        if getattr(output_layer, "activation", None) is keras.activations.linear:
-            probabilities = ops.softmax(scores, axis=-1)
-        return {
-            f"{task}_class_id": ops.argmax(scores, axis=-1),
-            f"{task}_probabilities": probabilities,
-        }
+        if units == 1:  # binary: one logit or one probability
+            threshold = 0.0 if logits else 0.5
+            class_id = ops.cast(ops.squeeze(scores, -1) > threshold, "int32")
+            probabilities = ops.sigmoid(scores) if logits else None
+        else:
+            class_id = ops.argmax(scores, axis=-1)
+            probabilities = ops.softmax(scores, axis=-1) if logits else None
+        extra = {f"{task}_class_id": class_id}
+        if probabilities is not None:
+            extra[f"{task}_probabilities"] = probabilities
+        return extra
 
     return postprocess
 
@@ -191,8 +211,12 @@ def saved_model(model: keras.Model, path, postprocess: dict | None = None) -> st
     entry per task, plus:
 
     - `postprocess={task: "classify"}`: `<task>_class_id`, the argmax of the
-      last axis, and `<task>_probabilities`: the output itself, or its softmax
-      when the task's output layer has a linear activation (logits).
+      last axis (of a one-unit output: 1 where it exceeds 0.5 after a
+      sigmoid, or 0 for a logit, else 0). When the task's output layer has a
+      linear activation (logits), also `<task>_probabilities`: the softmax
+      of the logits (the sigmoid of a one-unit logit). A head that already
+      outputs probabilities (a softmax or sigmoid activation, or any other
+      activation) gets no `<task>_probabilities`: its own output is them.
     - `postprocess={task: "segment"}`: `<task>_class_map`, the argmax class of
       every pixel of a `(batch, height, width, classes)` output.
 

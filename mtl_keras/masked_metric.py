@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.scores import metric_name
 from mtl_keras.task_losses import class_id_shapes, element_mask, present_mask
 
@@ -43,7 +46,8 @@ class MaskedMetric(keras.metrics.Metric):
     ```
     """
 
-    def __init__(self, metric, name: str | None = None, **kwargs):
+    def __init__(self, metric: Any, name: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(name=name or metric_name(metric), **kwargs)
         self.identifier = metric
         self.metric = metric if isinstance(metric, keras.metrics.Metric) else None
@@ -53,7 +57,8 @@ class MaskedMetric(keras.metrics.Metric):
             self.metric = _resolve(self.identifier, self.name, y_true, y_pred)
         return self.metric
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: Tensor, y_pred: Tensor,
+                     sample_weight: Tensor | None = None) -> None:
         y_true = ops.convert_to_tensor(y_true)
         y_pred = ops.convert_to_tensor(y_pred)
         metric = self._wrapped(y_true, y_pred)
@@ -75,12 +80,12 @@ class MaskedMetric(keras.metrics.Metric):
         safe_true = ops.where(present, y_true, ops.zeros_like(y_true))
         metric.update_state(safe_true, y_pred, sample_weight=mask)
 
-    def result(self):
+    def result(self) -> Any:
         if self.metric is None:
             return ops.zeros((), "float32")
         return self.metric.result()
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         if self.metric is not None:
             self.metric.reset_state()
 
@@ -91,7 +96,7 @@ class MaskedMetric(keras.metrics.Metric):
         return {"metric": identifier, "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> MaskedMetric:
         config = dict(config)
         if not isinstance(config["metric"], str):
             config["metric"] = keras.saving.deserialize_keras_object(

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from mtl_keras import _compat, engine, sharing
 from mtl_keras import balancers as balancers_lib
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GradientBalancer, LossBalancer
 from mtl_keras.engine import amortise
 from mtl_keras.engine.backend import check_jacobian_method
 from mtl_keras.masked_metric import MaskedMetric
 from mtl_keras.nonfinite import NonFiniteTasks
+from mtl_keras.progress import TaskProgbarLogger
 from mtl_keras.task_losses import (
     check_class_ids,
     check_label_dtype,
@@ -61,22 +67,30 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     The model owns the task weights (`model.task_weights`, initialised from
     `loss_weights`): static weights, epoch-level callbacks and balancers
     compose, since the task weights scale each loss before a balancer sees
-    it. Gradient balancers also log `grad_norm_<task>` and
-    `grad_cos_<a>/<b>`, read from the Gramian of the task gradients (see
+    it. Gradient balancers also log `grad_norm/<task>` and
+    `grad_cos/<a>/<b>`, read from the Gramian of the task gradients (see
     `compile(diagnostics=...)`).
+
+    The log keys are those of a `keras.Model` with the same outputs, losses
+    and metrics (`loss`, `<task>_loss`, `<task>_<metric>` and their `val_`
+    forms), plus the training-only keys listed by `extra_log_names()`.
+    The progress bar of `fit` leaves those extras out unless
+    `compile(progress_diagnostics=True)`, and shows `skipped_steps` only
+    once a step was skipped (see `mtl_keras.progress.TaskProgbarLogger`).
 
     Args:
         inputs: The model inputs, as for `keras.Model`.
         outputs: A dict `{task_name: output_tensor}`.
-        shared: The shared representation tensor, or a list of tensors
-            (several shared representations, e.g. the outputs of several
-            shared branches). Their upstream variables are
-            the shared parameters whose per-task gradients a gradient
-            balancer weighs, and `mode="rep"` balancers differentiate with
-            respect to them. When omitted, the shared parameters are the
-            variables that reach more than one task output (found inside
-            layers, see `mtl_keras.sharing`).
         name: The model name.
+        shared: Optional, keyword only (default None). The shared
+            representation tensor, or a list of tensors (several shared
+            representations, e.g. the outputs of several shared branches).
+            Their upstream variables are the shared parameters whose
+            per-task gradients a gradient balancer weighs, and `mode="rep"`
+            balancers differentiate with respect to them. When omitted, the
+            shared parameters are the variables that reach more than one
+            task output (found inside layers, see `mtl_keras.sharing`).
+        **kwargs: Passed to `keras.Model` (e.g. `trainable`).
 
     Example:
 
@@ -95,10 +109,10 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     ```
     """
 
-    def __init__(self, inputs, outputs, name=None, **kwargs):
-        # `shared` is a keyword argument so that the constructor keeps the
-        # functional signature Keras needs to save and revive the graph.
-        shared = kwargs.pop("shared", None)
+    def __init__(self, inputs: Any, outputs: Any, name: str | None = None, *,
+                 shared: Any = None, **kwargs: Any) -> None:
+        # `shared` is keyword-only: the positional arguments stay those of a
+        # functional model, which Keras needs to save and revive the graph.
         if not isinstance(outputs, dict) or not outputs:
             raise ValueError(
                 "MultiTaskModel needs `outputs` as a dict {task_name: tensor}, "
@@ -193,16 +207,17 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     def compile(
         self,
-        optimizer="rmsprop",
-        loss=None,
-        loss_weights=None,
-        metrics=None,
-        balancer=None,
+        optimizer: str | keras.optimizers.Optimizer = "rmsprop",
+        loss: Any = None,
+        loss_weights: Mapping[str, float] | None = None,
+        metrics: Any = None,
+        balancer: balancers_lib.Balancer | str | dict | None = None,
         jacobian: str = "loop",
         diagnostics: str = "auto",
         update_every: int | None = None,
-        **kwargs,
-    ):
+        progress_diagnostics: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """Configures the model for training.
 
         Args:
@@ -211,17 +226,24 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 function), or one loss for every task.
             loss_weights: A dict `{task: float}` of static task weights
                 (default 1 each). They initialise `model.task_weights`.
-            metrics: A dict `{task: [metrics]}`, as for `keras.Model`.
-            balancer: A balancer instance, a registered name (see
-                `mtl_keras.balancers.available()`), a config dict, or `None`.
+            metrics: A dict `{task: [metrics]}` or a list with one entry
+                (a list of metrics, or `None`) per task in `task_names`
+                order, as for `keras.Model`; or one flat list of metrics
+                for every task. Strings, functions and `keras.metrics.Metric`
+                objects are logged under the names `keras.Model` gives them
+                (`<task>_<name>`); a metric object given to several tasks
+                is cloned for each, so no task's value holds another's.
+            balancer: A balancer instance, a method name with a balancer
+                (`mtl_keras.methods.names()`; `mtl-keras methods` lists
+                them), a config dict, or `None`.
             jacobian: How a gradient balancer gets the per-task gradients:
                 `"loop"` (K `GradientTape.gradient` calls on a persistent
                 tape, the default, faster in our measurements) or `"pfor"`
                 (the backward pass vectorised over the tasks: pfor on
                 TensorFlow, `jax.vmap` on JAX; works with loss scaling).
             diagnostics: What a gradient balancer logs from the Gramian:
-                `"all"` (`grad_norm_<task>` and the pairwise cosines
-                `grad_cos_<a>/<b>`), `"norms"` (the norms only), `"none"`,
+                `"all"` (`grad_norm/<task>` and the pairwise cosines
+                `grad_cos/<a>/<b>`), `"norms"` (the norms only), `"none"`,
                 or `"auto"` (the default: "all" up to
                 `MAX_TASKS_FOR_COSINES` tasks, "norms" above).
             update_every: Recompute a gradient balancer's weights every this
@@ -230,6 +252,10 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 the cost of a plain `keras.Model` step. The balancer runs
                 inside `mtl_keras.engine.UpdateEvery`, kept as
                 `model.update_schedule` (its cache saves with the model).
+            progress_diagnostics: Whether `fit`'s progress bar also shows
+                the extra keys of `extra_log_names()` (task weights,
+                `balanced_loss`, gradient diagnostics). They always reach
+                the history and TensorBoard.
             **kwargs: Passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `weighted_metrics`, ...).
         """
@@ -242,14 +268,14 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 f"diagnostics must be one of {DIAGNOSTICS}, got {diagnostics!r}.")
         self._jacobian_method = jacobian
         self._diagnostics = diagnostics
+        self._progress_diagnostics = bool(progress_diagnostics)
         self.balancer = balancers_lib.get(balancer)
         if self.balancer is not None and not isinstance(
             self.balancer, balancers_lib.Balancer
         ):
             raise ValueError(
-                f"Unknown balancer {balancer!r}. Available balancers: "
-                f"{', '.join(balancers_lib.available())}."
-            )
+                f"{balancer!r} is not a balancer; give a method name "
+                "(`mtl_keras.methods.names()`), a Balancer or its config.")
         self.update_schedule = amortise.wrap(self.balancer, update_every)
         if self.balancer is not None:
             self.balancer.build_for_tasks(self.task_names)
@@ -257,12 +283,17 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         if self.update_schedule is not None:
             self.update_schedule.build_for_tasks(self.task_names)
         self._create_trackers()
+        seen = set()
         super().compile(
             optimizer=optimizer, loss=None,
-            metrics=self._masked_metrics("metrics", metrics),
-            weighted_metrics=self._masked_metrics("weighted_metrics", weighted_metrics),
+            metrics=self._masked_metrics("metrics", metrics, seen),
+            weighted_metrics=self._masked_metrics(
+                "weighted_metrics", weighted_metrics, seen),
             **kwargs)
-        self._mtl_compile_args = {
+        # Untracked: as an attribute Keras would track the user's metric
+        # objects in it as metrics of the model, logged under their bare
+        # names (`accuracy`, holding the last task's value).
+        object.__setattr__(self, "_mtl_compile_args", {
             "loss": {t: keras.saving.serialize_keras_object(fn)
                      for t, fn in self.task_losses.items()},
             "loss_weights": self.task_weights.as_dict(),
@@ -272,20 +303,35 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             "diagnostics": diagnostics,
             "update_every": (1 if self.update_schedule is None
                              else self.update_schedule.every),
+            "progress_diagnostics": self._progress_diagnostics,
             "metrics": metrics,
             "weighted_metrics": weighted_metrics,
-        }
+        })
 
-    def _masked_metrics(self, what: str, metrics):
+    def _masked_metrics(self, what: str, metrics, seen: set):
         """`{task: [MaskedMetric, ...]}` for compile's `metrics` or
-        `weighted_metrics` (a dict by task, or one list for every task)."""
+        `weighted_metrics`: a dict by task, a list with one entry per task
+        (each a list or `None`), or one flat list for every task. `seen`
+        holds the ids of the metric objects already compiled."""
         if metrics is None:
             return None
-        if not isinstance(metrics, dict):
+        if _per_output_list(metrics, self.num_tasks):
+            metrics = dict(zip(self.task_names, metrics))
+        elif not isinstance(metrics, dict):
             metrics = {t: metrics for t in self.task_names}
         self._check_task_keys(what, metrics)
-        return {task: [MaskedMetric(m) for m in _as_list(task_metrics)]
-                for task, task_metrics in metrics.items()}
+        masked = {}
+        for task, task_metrics in metrics.items():
+            if task_metrics is None:
+                continue
+            masked[task] = []
+            for metric in _as_list(task_metrics):
+                if isinstance(metric, keras.metrics.Metric):
+                    if id(metric) in seen:  # shared: one state per task
+                        metric = _clone_metric(metric)
+                    seen.add(id(metric))
+                masked[task].append(MaskedMetric(metric))
+        return masked
 
     def _check_task_keys(self, what: str, value) -> None:
         if not isinstance(value, dict):
@@ -360,6 +406,43 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             self._diagnostic_trackers = [
                 VectorMean(names, name="gradient_diagnostics")]
 
+    def extra_log_names(self, validation: bool = False) -> list[str]:
+        """The log keys this model adds to those of a `keras.Model` with
+        the same outputs, losses and metrics.
+
+        In training (after `compile`): `<task>_weight` for every task (the
+        epoch mean of the weight each step applied: the static weight times
+        the balancer's weight), `skipped_steps` (steps with a non-finite
+        loss, never applied), `balanced_loss` with a balancer (its own
+        objective), and with a gradient balancer the diagnostics
+        `grad_norm/<task>` and `grad_cos/<a>/<b>` (see
+        `compile(diagnostics=...)`). In validation and `evaluate`: none,
+        every `val_` key is one `keras.Model` logs too.
+
+        Args:
+            validation: The extras of the validation logs (`val_` keys).
+
+        Returns:
+            The key names, in the order the model logs them.
+
+        Example:
+
+        ```python
+        model.compile(optimizer="adam", loss=losses, balancer="upgrad")
+        model.extra_log_names()
+        # ['a_weight', 'b_weight', 'skipped_steps', 'balanced_loss',
+        #  'grad_norm/a', 'grad_norm/b', 'grad_cos/a/b']
+        ```
+        """
+        if validation or not hasattr(self, "_task_weight_trackers"):
+            return []
+        names = [*self._task_weight_trackers.entry_names, "skipped_steps"]
+        if self._balanced_loss_tracker is not None:
+            names.append("balanced_loss")
+        for tracker in self._diagnostic_trackers:
+            names += tracker.entry_names
+        return names
+
     def _cosines(self) -> bool:
         """Whether the pairwise gradient cosines are logged."""
         if self._diagnostics == "auto":
@@ -367,26 +450,26 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return self._diagnostics == "all"
 
     @property
-    def metrics(self):
+    def metrics(self) -> list:
         # Keras' compile creates a `loss` tracker of its own, which our
         # train and test steps never update: report ours under that name.
         ours = getattr(self, "_total_loss_tracker", None)
         metrics = [m for m in super().metrics if m.name != "loss" or m is ours]
         if getattr(self, "_evaluating", False):
-            # Gradient diagnostics, skipped steps and the balancer's
-            # objective exist only in training: `val_grad_norm_*` would be
-            # stale.
+            # Task weights, gradient diagnostics, skipped steps and the
+            # balancer's objective exist only in training (see
+            # `extra_log_names`).
             training_only = self._training_only_trackers()
             metrics = [m for m in metrics if all(m is not t for t in training_only)]
         return metrics
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
         if config and hasattr(self, "_mtl_compile_args"):
             config = {**config, **self._mtl_compile_args}
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict) -> None:
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
@@ -394,7 +477,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     # ------------------------------------------------------------ the losses
 
-    def compute_task_losses(self, y, y_pred, sample_weight=None):
+    def compute_task_losses(self, y: Any, y_pred: Any,
+                            sample_weight: Any = None) -> Tensor:
         """The unweighted per-task losses, a float32 tensor of shape (K,).
 
         Args:
@@ -409,7 +493,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             loss_list = functools.partial(MultiTaskModel.compute_task_loss_list, self)
         return ops.stack(loss_list(y, y_pred, sample_weight))
 
-    def compute_task_loss_list(self, y, y_pred, sample_weight=None) -> list:
+    def compute_task_loss_list(self, y: Any, y_pred: Any,
+                               sample_weight: Any = None) -> list:
         """The unweighted per-task losses as a list of K scalars.
 
         The one task-loss hook of the engine (`EngineModel`), on every
@@ -419,19 +504,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         subclass that overrides `compute_task_losses` instead gets this list
         read from its tensor. Arguments as for `compute_task_losses`.
         """
-        if not isinstance(y, dict):
-            raise ValueError(
-                "Labels must be a dict {task: labels} with the tasks "
-                f"{self.task_names}; got {type(y).__name__}."
-            )
-        self._check_task_keys("labels", y)
-        missing = sorted(set(self.task_names) - set(y))
-        if missing:
-            raise ValueError(
-                f"The labels have no entry for task(s) {missing}. Give every task "
-                "a label; mark an unlabelled sample with -1 (class labels) or NaN "
-                "(float labels), or with sample weight 0."
-            )
+        self._check_label_keys(y)
         self._check_task_keys("sample_weight", sample_weight)
         losses = []
         for task in self.task_names:
@@ -448,8 +521,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                                            count=self._backend.replica_mean))
         return losses
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
-                     training=True):
+    def compute_loss(self, x: Any = None, y: Any = None, y_pred: Any = None,
+                     sample_weight: Any = None, training: bool = True) -> Tensor:
         """The loss in Keras' meaning: `Σ task_weight · task_loss` plus the
         regularization losses, whatever the balancer (which is not called).
 
@@ -494,7 +567,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
 
     # ------------------------------------------------------------ training
 
-    def test_step(self, *args):
+    def test_step(self, *args: Any) -> Any:
         """Evaluates one batch: the task losses, `loss` (Σ task weight ×
         task loss + regularization) and the masked metrics. The balancer is
         not called, so evaluation changes none of its state.
@@ -519,12 +592,15 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return logs
 
     def _training_only_trackers(self) -> list:
-        trackers = [*self._diagnostic_trackers, self._skipped_steps]
+        # The task weights too: evaluation applies no balancer, so a
+        # `val_<task>_weight` would be another quantity under the same name.
+        trackers = [*self._diagnostic_trackers, self._skipped_steps,
+                    self._task_weight_trackers]
         if self._balanced_loss_tracker is not None:
             trackers.append(self._balanced_loss_tracker)
         return trackers
 
-    def train_step(self, *args):
+    def train_step(self, *args: Any) -> Any:
         """One step of the backend's trainer (`mtl_keras.engine`).
 
         On TensorFlow Keras calls `train_step(data)`; on JAX it calls
@@ -602,7 +678,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     # ------------------------------------------------------------ utilities
 
     @property
-    def nonfinite_tasks(self):
+    def nonfinite_tasks(self) -> Tensor:
         """1.0 for each task whose loss was not finite at the last skipped step."""
         return self.nonfinite_flags.values
 
@@ -610,7 +686,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         """The current task weights, `{task: weight}`."""
         return self.task_weights.as_dict()
 
-    def set_task_weights(self, weights) -> None:
+    def set_task_weights(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         """Assigns task weights from `{task: weight}` (others unchanged), or
         a sequence in task order; each is checked (`check_task_weight`)."""
         self.task_weights.assign(weights)
@@ -623,7 +699,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         """
         return keras.Model(self.input, self.output, name=name or f"{self.name}_serving")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         config = super().get_config()
         if self._shared_tensor is not None:
             config["shared"] = self._shared_tensor_spec()
@@ -642,7 +718,8 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return specs[_SHARED_KEY]
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: dict,
+                    custom_objects: dict | None = None) -> MultiTaskModel:
         # Keras' functional deserialisation revives the shared tensors as
         # more outputs, which `__init__` takes back out.
         config = dict(config)
@@ -654,13 +731,115 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             config["output_layers"] = {**config["output_layers"], **shared}
         return super().from_config(config, custom_objects=custom_objects)
 
-    def fit(self, *args, **kwargs):
-        with label_errors():
-            return super().fit(*args, **kwargs)
+    def fit(self, *args: Any, **kwargs: Any) -> keras.callbacks.History:
+        """Trains the model, as `keras.Model.fit`.
 
-    def evaluate(self, *args, **kwargs):
-        with label_errors(), self._evaluation():
-            return super().evaluate(*args, **kwargs)
+        Before anything is built or traced, the labels of `x`/`y` (arrays,
+        or a `tf.data.Dataset`'s element spec) and of `validation_data` are
+        checked: one entry per task, numeric, with shapes that fit the task
+        outputs; an error names the task and the fix. After a call that
+        failed, the next one rebuilds the train and test steps
+        (`make_train_function(force=True)`), so a fixed call works on the
+        same model. Unless `callbacks` holds a `ProgbarLogger` (or
+        `verbose=0`), the progress bar is a
+        `mtl_keras.progress.TaskProgbarLogger`.
+
+        Args:
+            *args: As for `keras.Model.fit`.
+            **kwargs: As for `keras.Model.fit`.
+
+        Returns:
+            The `History`, as `keras.Model.fit`.
+
+        Example:
+
+        ```python
+        history = model.fit(x, {"a": y_a, "b": y_b}, epochs=3)
+        ```
+        """
+        arguments = _bind(keras.Model.fit, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        validation = arguments.get("validation_data")
+        if isinstance(validation, (tuple, list)):
+            self._check_data(*validation[:2])
+        elif validation is not None:
+            self._check_data(validation, None)
+        callbacks = _with_progress_bar(
+            arguments.get("callbacks"), arguments.get("verbose", "auto"))
+        arguments["callbacks"], guard = _with_values_guard(callbacks, self._backend)
+        with self._rebuilt_after_failure(guard), label_errors():
+            return super().fit(**arguments)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = _bind(keras.Model.evaluate, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        arguments["callbacks"], guard = _with_values_guard(
+            arguments.get("callbacks"), self._backend)
+        with self._rebuilt_after_failure(guard), label_errors(), self._evaluation():
+            return super().evaluate(**arguments)
+
+    def _check_data(self, x, y=None) -> None:
+        """Checks the labels of `fit`/`evaluate` data before anything is
+        traced: `y`, or the labels of a `tf.data.Dataset` `x` (from its
+        element spec) or of a `PyDataset`'s first batch. Other data (Python
+        generators) are checked in the step."""
+        if (type(self).compute_task_losses is not MultiTaskModel.compute_task_losses
+                or type(self).compute_task_loss_list
+                is not MultiTaskModel.compute_task_loss_list
+                or not hasattr(self, "task_losses")):
+            return  # a subclass reads the labels its own way
+        labels = y if y is not None else _dataset_labels(x)
+        if labels is None:
+            return
+        self._check_label_keys(labels)
+        # With arrays, the outputs' batch size is that of the inputs.
+        inputs = keras.tree.flatten(x) if y is not None and x is not None else []
+        rows = tuple(getattr(inputs[0], "shape", None) or (None,))[:1] if inputs else ()
+        rows = rows or (None,)
+        outputs = {t: _Shaped(rows + tuple(output.shape[1:]))
+                   for t, output in zip(self.task_names, self.outputs)}
+        for task in self.task_names:
+            label = labels[task]
+            if not (hasattr(label, "shape") and hasattr(label, "dtype")):
+                continue  # e.g. a list: converted (and checked) in the step
+            check_label_dtype(task, label)
+            if getattr(label.shape, "rank", 0) is not None:
+                check_label_shape(task, self.task_losses[task], label,
+                                  outputs[task])
+
+    def _check_label_keys(self, y) -> None:
+        if not isinstance(y, dict):
+            raise ValueError(
+                "Labels must be a dict {task: labels} with the tasks "
+                f"{self.task_names}; got {type(y).__name__}."
+            )
+        self._check_task_keys("labels", y)
+        missing = sorted(set(self.task_names) - set(y))
+        if missing:
+            raise ValueError(
+                f"The labels have no entry for task(s) {missing}. Give every task "
+                "a label; mark an unlabelled sample with -1 (class labels) or NaN "
+                "(float labels), or with sample weight 0."
+            )
+
+    @contextlib.contextmanager
+    def _rebuilt_after_failure(self, guard=None):
+        """Rebuilds the train and test steps if the previous `fit` /
+        `evaluate` failed: a step whose trace failed half-way cannot be
+        traced again (TensorFlow refuses to create variables on a non-first
+        call of a `tf.function`). On JAX, `guard` (a
+        `_compat.JaxValuesGuard`) gives the variables back their values."""
+        if self.__dict__.get("_step_failed") and getattr(self, "compiled", False):
+            self.make_train_function(force=True)
+            self.make_test_function(force=True)
+        object.__setattr__(self, "_step_failed", False)
+        try:
+            yield
+        except BaseException:
+            object.__setattr__(self, "_step_failed", True)
+            if guard is not None:
+                guard.restore(self)
+            raise
 
     @contextlib.contextmanager
     def _evaluation(self):
@@ -672,12 +851,16 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         finally:
             self._evaluating = False
 
-    def train_on_batch(self, *args, **kwargs):
-        with label_errors():
+    def train_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = _bind(keras.Model.train_on_batch, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        with self._rebuilt_after_failure(), label_errors():
             return super().train_on_batch(*args, **kwargs)
 
-    def test_on_batch(self, *args, **kwargs):
-        with label_errors(), self._evaluation():
+    def test_on_batch(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = _bind(keras.Model.test_on_batch, self, args, kwargs)
+        self._check_data(arguments.get("x"), arguments.get("y"))
+        with self._rebuilt_after_failure(), label_errors(), self._evaluation():
             return super().test_on_batch(*args, **kwargs)
 
 
@@ -689,6 +872,71 @@ def _loss_list_from_tensor(self, y, y_pred, sample_weight=None) -> list:
     """`compute_task_loss_list` of a subclass that overrides
     `compute_task_losses`: the K losses of its (K,) tensor."""
     return list(ops.unstack(self.compute_task_losses(y, y_pred, sample_weight)))
+
+
+def _bind(method, model, args, kwargs) -> dict:
+    """The arguments of a `keras.Model` method call, by name."""
+    bound = inspect.signature(method).bind(model, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    arguments.update(arguments.pop("kwargs", {}))
+    return arguments
+
+
+class _Shaped:
+    """A stand-in for an output tensor of a known shape."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def _dataset_labels(data):
+    """The labels of `(x, y, ...)` data, where they are cheap to read: a
+    `tf.data.Dataset`'s element spec, or a `PyDataset`'s first batch."""
+    if isinstance(data, tf.data.Dataset):
+        element = data.element_spec
+    elif isinstance(data, keras.utils.PyDataset) and data.num_batches:
+        element = data[0]
+    else:
+        return None
+    if isinstance(element, tuple) and len(element) >= 2:
+        return element[1]
+    return None
+
+
+def _with_progress_bar(callbacks, verbose):
+    """`callbacks` plus a `TaskProgbarLogger` when the progress bar shows
+    and the user gave no `ProgbarLogger` of their own."""
+    if verbose == 0 or isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    callbacks = keras.tree.flatten(callbacks) if callbacks else []
+    if any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        return callbacks
+    return [*callbacks, TaskProgbarLogger()]
+
+
+def _with_values_guard(callbacks, backend):
+    """`(callbacks, guard)`: the backend's values guard (on JAX, a
+    `_compat.JaxValuesGuard`) first in `callbacks` (`guard` is `None` on
+    other backends)."""
+    guard = (None if isinstance(callbacks, keras.callbacks.CallbackList)
+             else backend.values_guard())
+    if guard is None:
+        return callbacks, None
+    callbacks = keras.tree.flatten(callbacks) if callbacks else []
+    return [guard, *callbacks], guard
+
+
+def _per_output_list(metrics, num_tasks: int) -> bool:
+    """Whether `metrics` is a list with one entry (a list or `None`) per
+    task, which `keras.Model` reads as the metrics of each output."""
+    return (isinstance(metrics, (list, tuple)) and len(metrics) == num_tasks
+            and all(m is None or isinstance(m, (list, tuple)) for m in metrics))
+
+
+def _clone_metric(metric: keras.metrics.Metric) -> keras.metrics.Metric:
+    """A fresh metric with the same configuration (and name)."""
+    return type(metric).from_config(metric.get_config())
 
 
 def _shared_outputs(shared) -> dict:

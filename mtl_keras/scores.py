@@ -19,7 +19,9 @@ or after it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
+from typing import Any
 
 import keras
 
@@ -56,7 +58,8 @@ DEFAULT_HIGHER_IS_BETTER: dict[str, bool] = {
 _SINGLE = None
 
 
-def delta_m(metrics: Mapping, references: Mapping, higher_is_better=None) -> float:
+def delta_m(metrics: Mapping, references: Mapping,
+            higher_is_better: Mapping | None = None) -> float:
     """Δm%: the mean relative change against single-task references.
 
     Maninis et al., CVPR 2019 (as used by MTAN, Nash-MTL, FAMO, ...). With
@@ -144,7 +147,8 @@ def geometric_mean_loss(task_losses: Mapping[str, float]) -> float:
     return math.exp(sum(math.log(loss) for loss in losses.values()) / len(losses))
 
 
-def metric_direction(task: str, metric: str | None, higher_is_better=None) -> bool:
+def metric_direction(task: str, metric: str | None,
+                     higher_is_better: Mapping | None = None) -> bool:
     """Whether higher values of `metric` of `task` are better.
 
     Looks in `higher_is_better` (see `delta_m`) by task, then by metric name,
@@ -229,12 +233,13 @@ def _nonzero(task: str, metric, reference: float) -> float:
     return reference
 
 
-def metric_name(metric) -> str:
+def metric_name(metric: Any) -> str:
     """The name `keras.Model.compile` logs a metric identifier under (after
     the `<task>_` prefix).
 
     A string is its own name (`"accuracy"`), a metric object has its `name`,
-    a metric function its `__name__`, any other callable its class name.
+    a metric function its `__name__` and any other callable its class name,
+    both in snake case (as Keras' `compile` names them).
 
     Args:
         metric: a metric as given to `compile(metrics=...)`.
@@ -248,6 +253,15 @@ def metric_name(metric) -> str:
     """
     if isinstance(metric, str):
         return metric
-    if isinstance(metric, keras.metrics.Metric):
+    if isinstance(metric, type) and issubclass(metric, keras.metrics.Metric):
+        return metric().name  # a class: Keras instantiates it
+    if isinstance(getattr(metric, "name", None), str):
         return metric.name
-    return getattr(metric, "__name__", type(metric).__name__)
+    return _snake_case(getattr(metric, "__name__", type(metric).__name__))
+
+
+def _snake_case(name: str) -> str:
+    """`CamelCase` to `camel_case`, with the rules of Keras' object names."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import keras
 import numpy as np
 
@@ -63,6 +65,6 @@ def shared_variables(model: keras.Model) -> list:
     return [v for v in model.trainable_variables if counts.get(id(v), 0) > 1]
 
 
-def count_parameters(variables) -> int:
+def count_parameters(variables: Iterable[keras.Variable]) -> int:
     """Total number of scalars in `variables`."""
     return int(sum(np.prod(v.shape) for v in variables))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
+
+from mtl_keras._typing import Tensor
 
 
 def check_task_weight(task: str, value, source: str | None = None) -> float:
@@ -70,7 +75,8 @@ class TaskWeights(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, task_names, name: str = "task_weights", **kwargs):
+    def __init__(self, task_names: Sequence[str], name: str = "task_weights",
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.task_names = list(task_names)
         self.values = self.add_weight(
@@ -82,10 +88,10 @@ class TaskWeights(keras.layers.Layer):
         object.__setattr__(self, "legacy_variables", None)
         self.built = True
 
-    def call(self, task_losses):
+    def call(self, task_losses: Tensor) -> Tensor:
         return ops.cast(self.values, "float32") * task_losses
 
-    def assign(self, weights) -> None:
+    def assign(self, weights: Mapping[str, float] | Sequence[float]) -> None:
         """Sets the weights from a dict `{task: w}` or a sequence in order."""
         if isinstance(weights, dict):
             unknown = sorted(set(weights) - set(self.task_names))
@@ -119,7 +125,7 @@ class TaskWeights(keras.layers.Layer):
             return
         super().load_own_variables(store)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
     def get_config(self) -> dict:

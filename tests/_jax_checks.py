@@ -162,6 +162,55 @@ def check_evaluation_and_masked_metrics():
     return [sorted(history), result["loss"], by_hand, unchanged]
 
 
+def check_log_keys_of_named_metrics():
+    """`SparseCategoricalAccuracy(name="hit")` on both tasks: the history
+    keys of MultiTaskModel and keras.Model, and the extras."""
+    x, y = data()
+    y = {**y, "b": np.abs(y["b"])}  # keras.Model has no missing labels
+    keys = []
+    for model_class in (None, keras.Model):
+        model = build(model_class=model_class, regularize=False)
+        model.compile("sgd", loss=LOSSES, metrics={
+            "a": [keras.metrics.MeanAbsoluteError(name="hit")],
+            "b": [keras.metrics.SparseCategoricalAccuracy(name="hit")]})
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                            validation_data=(x, y)).history
+        keys.append(sorted(history))
+    return [*keys, model_extras(build(regularize=False))]
+
+
+def model_extras(model):
+    model.compile("sgd", loss=LOSSES)
+    return model.extra_log_names()
+
+
+def check_retry_after_failed_fit():
+    """A fit with a label-key typo, then one with the right labels: `[the
+    first error, the second fit's final loss]`."""
+    x, y = data()
+    model = build(regularize=False)
+    model.compile("sgd", loss=LOSSES, balancer="pcgrad")
+    try:
+        model.fit(x, {"a": y["a"], "bb": y["b"]}, batch_size=16, verbose=0)
+        error = None
+    except ValueError as failure:
+        error = str(failure)
+
+    def typo():  # read only in the step: its trace fails
+        yield x[:16], {"a": y["a"][:16], "bb": y["b"][:16]}
+
+    before = [np.array(v) for v in model.get_weights()]
+    try:
+        model.fit(typo(), verbose=0)
+        traced_error = None
+    except Exception as failure:  # noqa: BLE001 - reported to pytest
+        traced_error = f"{type(failure).__name__}: {failure}"
+    # Keras detached the values for the failed loop; they are back.
+    unchanged = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    history = model.fit(x, y, batch_size=16, verbose=0).history
+    return [error, traced_error, unchanged, history["loss"][-1]]
+
+
 def check_dynamic_weight_average():
     """DWA (an epoch-level callback) on JAX: `[a_weight, b_weight]` per epoch."""
     x, y = data()

@@ -259,9 +259,9 @@ def test_diagnostics_option_and_unambiguous_cosine_names():
         logs = model.fit(x, y, epochs=1, verbose=0).history
         keys[diagnostics] = {k for k in logs if k.startswith("grad_")}
     assert keys["all"] == {
-        "grad_norm_left_eye", "grad_norm_left", "grad_norm_eye",
-        "grad_cos_eye/left", "grad_cos_eye/left_eye", "grad_cos_left/left_eye"}
-    assert keys["norms"] == {"grad_norm_left_eye", "grad_norm_left", "grad_norm_eye"}
+        "grad_norm/left_eye", "grad_norm/left", "grad_norm/eye",
+        "grad_cos/eye/left", "grad_cos/eye/left_eye", "grad_cos/left/left_eye"}
+    assert keys["norms"] == {"grad_norm/left_eye", "grad_norm/left", "grad_norm/eye"}
     assert keys["none"] == set()
 
 

@@ -140,6 +140,23 @@ def test_reference_documents_every_public_name(site, page):
             f"reference/{page}: no entry for {undocumented} (a docstring missing?)")
 
 
+def test_model_page_shows_shared_optional_and_no_compat_mixin(site):
+    html = _page(site, "reference/model")
+    assert "DistributedBuildFix" not in html and "_compat" not in html
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    match = re.search(r"shared (\S+ )?Optional, keyword only", text)
+    assert match, "no `shared` argument documented as optional"
+    entry = text[match.start():]
+    assert entry[:entry.index("**kwargs")].rstrip().endswith("None")
+
+
+def test_methods_page_documents_the_registry(site):
+    html = _page(site, "reference/methods")
+    names = _public_names("mtl_keras/methods.py")
+    undocumented = [n for n in names if f'id="mtl_keras.methods.{n}"' not in html]
+    assert not undocumented, undocumented
+
+
 def test_notebook_pages_show_their_figures(site):
     for notebook in NOTEBOOKS:
         html = _page(site, f"notebooks/{notebook.stem}")

@@ -59,11 +59,19 @@ with open(out_path, "w") as f:
 
 
 def _run(args, **kwargs):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(
-               [PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(args, capture_output=True, text=True, env=env,
-                            timeout=SUBPROCESS_TIMEOUT_S, **kwargs)
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        **kwargs,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -78,8 +86,7 @@ def _tool(name: str, module: str) -> list[str]:
 def _trained_tiny(balancer="uw", epochs=2):
     x, y = tiny_data(64)
     model = tiny_network()
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSSES,
-                  balancer=balancer)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=LOSSES, balancer=balancer)
     model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0)
     return model, x, y
 
@@ -99,20 +106,29 @@ def exported(tmp_path_factory):
 
 def test_fresh_process_serves_the_model_predictions(exported):
     model, path, folder, x = exported
-    _run([sys.executable, "-c", SERVE_SCRIPT, path, "x", str(folder / "x.npy"),
-          str(folder / "served.npz"), str(folder / "info.json")])
+    _run(
+        [
+            sys.executable,
+            "-c",
+            SERVE_SCRIPT,
+            path,
+            "x",
+            str(folder / "x.npy"),
+            str(folder / "served.npz"),
+            str(folder / "info.json"),
+        ]
+    )
     served = np.load(folder / "served.npz")
     info = json.loads((folder / "info.json").read_text())
     predicted = model.predict(x, verbose=0)
 
     assert info["inputs"] == ["x"]
     assert {"serve", "serving_default"} <= set(info["signatures"])
-    assert sorted(served) == ["a", "a_class_id", "a_probabilities", "b"]
+    # `a` ends in a softmax: `a` is its probabilities, no second copy is added.
+    assert sorted(served) == ["a", "a_class_id", "b"]
     for task in ("a", "b"):
         np.testing.assert_allclose(served[task], predicted[task], atol=1e-5)
     np.testing.assert_array_equal(served["a_class_id"], predicted["a"].argmax(-1))
-    # `a` ends in a softmax: its probabilities are passed through.
-    np.testing.assert_allclose(served["a_probabilities"], predicted["a"], atol=1e-6)
     # Only the layers' weights: no task weight, balancer or optimizer variable.
     serving_names = sorted(f"{v.path}:0" for v in model.serving_model().variables)
     assert info["variables"] == serving_names
@@ -124,37 +140,64 @@ def test_saved_model_cli_shows_the_signature(exported):
     cli_tool = _tool("saved_model_cli", "tensorflow.python.tools.saved_model_cli")
     shown = _run([*cli_tool, "show", "--dir", path, "--all"]).stdout
     serving_default = shown.split("signature_def['serving_default']:")[1]
-    for line in ("inputs['x'] tensor_info", "outputs['a'] tensor_info",
-                 "outputs['b'] tensor_info", "outputs['a_class_id'] tensor_info",
-                 "outputs['a_probabilities'] tensor_info"):
+    for line in (
+        "inputs['x'] tensor_info",
+        "outputs['a'] tensor_info",
+        "outputs['b'] tensor_info",
+        "outputs['a_class_id'] tensor_info",
+    ):
         assert line in serving_default
+    assert "a_probabilities" not in serving_default
 
 
 def test_saved_model_cli_runs_the_signature(exported):
     model, path, folder, x = exported
     cli_tool = _tool("saved_model_cli", "tensorflow.python.tools.saved_model_cli")
     outdir = folder / "cli_run"
-    _run([*cli_tool, "run", "--dir", path, "--tag_set", "serve",
-          "--signature_def", "serving_default",
-          "--inputs", f"x={folder / 'x.npy'}", "--outdir", str(outdir)])
+    _run(
+        [
+            *cli_tool,
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"x={folder / 'x.npy'}",
+            "--outdir",
+            str(outdir),
+        ]
+    )
     predicted = model.predict(x, verbose=0)
     np.testing.assert_allclose(np.load(outdir / "b.npy"), predicted["b"], atol=1e-5)
-    np.testing.assert_array_equal(np.load(outdir / "a_class_id.npy"),
-                                  predicted["a"].argmax(-1))
+    np.testing.assert_array_equal(
+        np.load(outdir / "a_class_id.npy"), predicted["a"].argmax(-1)
+    )
 
 
 def test_cli_exports_a_keras_file(tmp_path):
     model, x, _ = _trained_tiny()
     model.save(tmp_path / "model.keras")
     out_dir = tmp_path / "saved"
-    result = _run([sys.executable, "-m", "mtl_keras.cli", "export",
-                   str(tmp_path / "model.keras"), str(out_dir),
-                   "--postprocess", "a=classify"])
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "mtl_keras.cli",
+            "export",
+            str(tmp_path / "model.keras"),
+            str(out_dir),
+            "--postprocess",
+            "a=classify",
+        ]
+    )
     assert str(out_dir) in result.stdout
     serve = tf.saved_model.load(str(out_dir)).signatures["serving_default"]
     served = serve(x=tf.constant(x))
     predicted = model.predict(x, verbose=0)
-    assert sorted(served) == ["a", "a_class_id", "a_probabilities", "b"]
+    assert sorted(served) == ["a", "a_class_id", "b"]
     np.testing.assert_allclose(served["a"].numpy(), predicted["a"], atol=1e-5)
     np.testing.assert_allclose(served["b"].numpy(), predicted["b"], atol=1e-5)
 
@@ -166,8 +209,16 @@ def test_model_trained_with_a_balancer_resumes_in_a_fresh_process(tmp_path):
     saved_balancer = [v.numpy().tolist() for v in model.balancer.variables]
     saved_iterations = int(model.optimizer.iterations.numpy())
 
-    _run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "model.keras"),
-          str(tmp_path / "data.npz"), str(tmp_path / "resumed.json")])
+    _run(
+        [
+            sys.executable,
+            "-c",
+            RESUME_SCRIPT,
+            str(tmp_path / "model.keras"),
+            str(tmp_path / "data.npz"),
+            str(tmp_path / "resumed.json"),
+        ]
+    )
     resumed = json.loads((tmp_path / "resumed.json").read_text())
 
     assert resumed["balancer"] == type(model.balancer).__name__
@@ -197,14 +248,20 @@ def _logits_and_segmentation_model():
 def test_classify_and_segment_outputs(tmp_path):
     model = _logits_and_segmentation_model()
     images = np.random.RandomState(0).randn(6, 4, 4, 2).astype("float32")
-    path = export.saved_model(model, tmp_path / "saved",
-                              postprocess={"cls": "classify", "seg": "segment"})
+    path = export.saved_model(
+        model, tmp_path / "saved", postprocess={"cls": "classify", "seg": "segment"}
+    )
     serve = tf.saved_model.load(path).signatures["serving_default"]
     served = {k: v.numpy() for k, v in serve(image=tf.constant(images)).items()}
     predicted = model.predict(images, verbose=0)
 
-    assert sorted(served) == ["cls", "cls_class_id", "cls_probabilities", "seg",
-                              "seg_class_map"]
+    assert sorted(served) == [
+        "cls",
+        "cls_class_id",
+        "cls_probabilities",
+        "seg",
+        "seg_class_map",
+    ]
     logits = predicted["cls"].astype("float64")
     softmax = np.exp(logits - logits.max(-1, keepdims=True))
     softmax /= softmax.sum(-1, keepdims=True)
@@ -215,9 +272,67 @@ def test_classify_and_segment_outputs(tmp_path):
     np.testing.assert_allclose(served["seg"], predicted["seg"], atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid", None])
+def test_classify_adds_probabilities_to_logit_heads_only(tmp_path, activation):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,), name="x")
+    outputs = {
+        "multi": keras.layers.Dense(4, activation=activation, name="multi")(inputs),
+        "binary": keras.layers.Dense(
+            1, activation=activation or "linear", name="binary"
+        )(inputs),
+    }
+    model = keras.Model(inputs, outputs)
+    if activation == "softmax":  # a softmax over one unit is always 1
+        model = keras.Model(inputs, {"multi": outputs["multi"]})
+    path = export.saved_model(
+        model,
+        tmp_path / "saved",
+        postprocess={task: "classify" for task in model.output},
+    )
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    x = np.random.RandomState(1).randn(8, 3).astype("float32")
+    served = {k: v.numpy() for k, v in serve(x=tf.constant(x)).items()}
+    predicted = {
+        k: np.asarray(v, "float64") for k, v in model.predict(x, verbose=0).items()
+    }
+
+    logits = activation is None
+    expected = {"multi", "multi_class_id"}
+    if "binary" in predicted:
+        expected |= {"binary", "binary_class_id"}
+    if logits:  # only logit heads get probabilities
+        expected |= {f"{task}_probabilities" for task in predicted}
+    assert set(served) == expected
+    np.testing.assert_array_equal(
+        served["multi_class_id"], predicted["multi"].argmax(-1)
+    )
+    if logits:
+        z = predicted["multi"]
+        softmax = np.exp(z - z.max(-1, keepdims=True))
+        np.testing.assert_allclose(
+            served["multi_probabilities"],
+            softmax / softmax.sum(-1, keepdims=True),
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            served["binary_probabilities"],
+            1 / (1 + np.exp(-predicted["binary"])),
+            atol=1e-6,
+        )
+    if "binary" in predicted:
+        threshold = 0.0 if logits else 0.5
+        np.testing.assert_array_equal(
+            served["binary_class_id"],
+            (predicted["binary"][:, 0] > threshold).astype(int),
+        )
+
+
 def test_parse_postprocess():
     assert export.parse_postprocess("cls=classify, seg=segment") == {
-        "cls": "classify", "seg": "segment"}
+        "cls": "classify",
+        "seg": "segment",
+    }
     assert export.parse_postprocess("") == {}
     with pytest.raises(ValueError, match="TASK=KIND"):
         export.parse_postprocess("cls:classify")
@@ -264,20 +379,34 @@ def test_unnamed_outputs_are_refused(tmp_path, as_list):
     assert not (tmp_path / "saved").exists()
 
 
-@pytest.mark.parametrize("postprocess, message", [
-    ({"c": "classify"}, r"task\(s\) \['c'\]"),
-    ({"a": "detect"}, "Unknown postprocess 'detect'"),
-    ({"b": "classify"}, "one score per class"),
-    ({"a": "segment"}, "per-pixel class scores"),
-])
+@pytest.mark.parametrize(
+    "postprocess, message",
+    [
+        ({"c": "classify"}, r"task\(s\) \['c'\]"),
+        ({"a": "detect"}, "Unknown postprocess 'detect'"),
+        ({"a": "segment"}, "per-pixel class scores"),
+    ],
+)
 def test_bad_postprocess_is_refused(tmp_path, postprocess, message):
     with pytest.raises(ValueError, match=message):
         export.saved_model(tiny_network(), tmp_path / "saved", postprocess=postprocess)
 
 
+def test_classify_refuses_a_one_unit_head_without_a_threshold(tmp_path):
+    inputs = keras.Input((3,), name="x")
+    model = keras.Model(inputs, {"a": keras.layers.Dense(1, activation="tanh")(inputs)})
+    with pytest.raises(ValueError, match="one-unit output needs a sigmoid"):
+        export.saved_model(model, tmp_path / "saved", postprocess={"a": "classify"})
+
+
 def test_clashing_output_names_are_refused(tmp_path):
     inputs = keras.Input((3,), name="x")
-    model = keras.Model(inputs, {"a": keras.layers.Dense(2)(inputs),
-                                 "a_class_id": keras.layers.Dense(1)(inputs)})
+    model = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(2)(inputs),
+            "a_class_id": keras.layers.Dense(1)(inputs),
+        },
+    )
     with pytest.raises(ValueError, match=r"duplicate names \['a_class_id'\]"):
         export.saved_model(model, tmp_path / "saved", postprocess={"a": "classify"})

@@ -74,9 +74,15 @@ def test_validation_logs_omit_training_only_diagnostics():
     model.compile(optimizer="sgd", loss=LOSSES, balancer="mgda")
     history = model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0)
     logs = history.history
-    assert {"grad_norm_a", "grad_cos_a/b", "skipped_steps"} <= set(logs)
-    assert {"val_a_loss", "val_b_loss", "val_a_weight"} <= set(logs)
-    assert not [key for key in logs if key.startswith(("val_grad", "val_skipped"))]
+    assert {"grad_norm/a", "grad_cos/a/b", "skipped_steps", "a_weight"} <= set(logs)
+    assert {"val_a_loss", "val_b_loss"} <= set(logs)
+    # Task weights too: evaluation applies no balancer.
+    assert not [
+        key
+        for key in logs
+        if key.startswith(("val_grad", "val_skipped", "val_balanced"))
+    ]
+    assert "val_a_weight" not in logs and "val_b_weight" not in logs
 
 
 def test_masked_labels_contribute_nothing():
@@ -204,8 +210,12 @@ def test_wrong_label_shape_names_the_task():
 
 def test_unknown_balancer_lists_available():
     model = tiny_network()
-    with pytest.raises(ValueError, match=r"Unknown balancer 'nope'.*pcgrad.*uw"):
+    with pytest.raises(ValueError, match=r"Unknown method 'nope'.*pcgrad.*uw"):
         model.compile(loss=LOSSES, balancer="nope")
+    with pytest.raises(ValueError, match=r"Did you mean 'upgrad'"):
+        model.compile(loss=LOSSES, balancer="UP-grd")
+    with pytest.raises(ValueError, match=r"callback method.*DynamicWeightAverage"):
+        model.compile(loss=LOSSES, balancer="dwa")
 
 
 def test_gradient_balancer_without_shared_tensor_uses_shared_variables():

@@ -8,10 +8,11 @@ and `max_trials=N` becomes `max_trials=2`; nothing else is changed.
 
 Shell blocks do not run, except the command lines that the Python blocks read
 the output of: before a document's Python blocks, its
-`mtl-keras demo --save FILE` line (the quick start) is stood in for by the
-function the demo runs, `mtl_keras.demo.train_shapes`, on a few examples (the
-demo itself trains for minutes), saved to FILE; its `mtl-keras export ...`
-lines then run through the command line's own `main`, as written.
+`mtl-keras demo ... --save FILE` lines (the quick start) and the
+`mtl-keras export FILE ...` lines that export such a file run, in order,
+through the command line's own `main`, as written; quick mode adds
+`--epochs 1 --train-size 64 --validation-size 64` to the demo (which
+otherwise trains for minutes).
 """
 
 import json
@@ -27,20 +28,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SHELL = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
-DEMO_SAVE = re.compile(r"^mtl-keras demo\b.*--save[ =](\S+)", re.MULTILINE)
-CLI_LINE = re.compile(r"^mtl-keras (export .*)$", re.MULTILINE)
-QUICK = ((re.compile(r"\bepochs=\d+"), "epochs=1"),
-         (re.compile(r"\bmax_trials=\d+"), "max_trials=2"))
+CLI_LINE = re.compile(r"^mtl-keras ((?:demo|export) .*)$", re.MULTILINE)
+QUICK_DEMO = ["--epochs", "1", "--train-size", "64", "--validation-size", "64"]
+QUICK = (
+    (re.compile(r"\bepochs=\d+"), "epochs=1"),
+    (re.compile(r"\bmax_trials=\d+"), "max_trials=2"),
+)
 
 RUNNER = """
 import json, sys, traceback
-blocks, saves, commands = json.load(open(sys.argv[1]))
-if saves:
-    from mtl_keras import demo
-    run = demo.train_shapes(epochs=1, train_size=64, validation_size=64,
-                            verbose=0)
-    for path in saves:
-        run.model.save(path)
+blocks, commands = json.load(open(sys.argv[1]))
 if commands:
     import mtl_keras_cli
     for argv in commands:
@@ -67,14 +64,19 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
-def shell_steps(text: str) -> tuple[list[str], list[list[str]]]:
-    """The files of the `mtl-keras demo --save FILE` lines and the arguments
-    of the `mtl-keras export FILE ...` lines of the ```bash blocks that
-    export one of those files, in order."""
+def shell_steps(text: str) -> list[list[str]]:
+    """The arguments of the `mtl-keras demo ... --save FILE` lines (in quick
+    mode) and of the `mtl-keras export FILE ...` lines that export one of
+    those files, in the order of the ```bash blocks."""
     shell = "\n".join(match.group(1) for match in SHELL.finditer(text))
-    saves = DEMO_SAVE.findall(shell)
-    commands = [shlex.split(line) for line in CLI_LINE.findall(shell)]
-    return saves, [argv for argv in commands if argv[1] in saves]
+    steps, saved = [], set()
+    for argv in (shlex.split(line) for line in CLI_LINE.findall(shell)):
+        if argv[0] == "demo" and "--save" in argv:
+            saved.add(argv[argv.index("--save") + 1])
+            steps.append(argv + QUICK_DEMO)
+        elif argv[0] == "export" and argv[1] in saved:
+            steps.append(argv)
+    return steps
 
 
 def documents() -> list[pathlib.Path]:
@@ -88,34 +90,41 @@ def test_quick_mode_changes_only_epochs_and_trials():
 
 
 def test_shell_steps_are_the_save_and_export_lines():
-    text = ("```bash\nmtl-keras demo --save m.keras\n"
-            "mtl-keras export m.keras out/ --postprocess cls=classify\n"
-            "mtl-keras compare --balancers ew\n"
-            "mtl-keras export other.keras y/\n```\n"
-            "```text\nmtl-keras export ignored.keras x/\n```\n")
-    assert shell_steps(text) == (
-        ["m.keras"], [["export", "m.keras", "out/", "--postprocess", "cls=classify"]])
+    text = (
+        "```bash\nmtl-keras demo --save m.keras\n"
+        "mtl-keras export m.keras out/ --postprocess cls=classify\n"
+        "mtl-keras compare --balancers ew\n"
+        "mtl-keras export other.keras y/\n```\n"
+        "```text\nmtl-keras export ignored.keras x/\n```\n"
+    )
+    assert shell_steps(text) == [
+        ["demo", "--save", "m.keras", *QUICK_DEMO],
+        ["export", "m.keras", "out/", "--postprocess", "cls=classify"],
+    ]
 
 
 def test_the_quick_start_saves_exports_and_loads_what_it_exported():
     for path in (ROOT / "README.md", ROOT / "docs" / "guides" / "quickstart.md"):
         text = path.read_text()
-        saves, commands = shell_steps(text)
-        assert saves == ["model.keras"], path
-        assert ["export", "model.keras", "export/"] in commands, path
+        steps = shell_steps(text)
+        assert steps[0] == ["demo", "--save", "model.keras", *QUICK_DEMO], path
+        assert ["export", "model.keras", "export/"] in steps, path
         assert 'tf.saved_model.load("export")' in text, path
 
 
-@pytest.mark.parametrize(
-    "path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(path, tmp_path):
     blocks = tmp_path / "blocks.json"
     text = path.read_text()
-    blocks.write_text(json.dumps([python_blocks(text), *shell_steps(text)]))
+    blocks.write_text(json.dumps([python_blocks(text), shell_steps(text)]))
     workdir = tmp_path / "work"
     workdir.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", RUNNER, str(blocks), str(path.relative_to(ROOT))],
-        cwd=workdir, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-6000:]

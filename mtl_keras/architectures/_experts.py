@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -22,14 +23,15 @@ class ExpertGroup(keras.layers.Layer):
     exactly the tasks its outputs reach.
     """
 
-    def __init__(self, num_experts: int, units: Sequence[int], activation="relu",
-                 **kwargs):
+    def __init__(self, num_experts: int, units: Sequence[int],
+                 activation: str | Callable | None = "relu",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_experts = int(num_experts)
         self.units = tuple(int(u) for u in units)
         self.activation = keras.activations.get(activation)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         self.kernels, self.biases = [], []
         fan_in = int(input_shape[-1])
         for index, fan_out in enumerate(self.units):
@@ -44,7 +46,7 @@ class ExpertGroup(keras.layers.Layer):
                 initializer="zeros"))
             fan_in = fan_out
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         # First layer as one matmul against the experts' kernels side by side
         # (much faster than a batched einsum on CPU).
         kernel = self.kernels[0]
@@ -58,7 +60,7 @@ class ExpertGroup(keras.layers.Layer):
             x = self.activation(ops.einsum("...ei,eij->...ej", x, kernel) + bias)
         return x
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return (*input_shape[:-1], self.num_experts, self.units[-1])
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -62,8 +63,10 @@ class CGC(keras.layers.Layer):
 
     def __init__(self, num_tasks: int, num_shared_experts: int = 1,
                  num_task_experts: int = 1,
-                 expert_units: int | Sequence[int] = (16,), activation="relu",
-                 gate="softmax", shared_output: bool = False, **kwargs):
+                 expert_units: int | Sequence[int] = (16,),
+                 activation: str | Callable | None = "relu",
+                 gate: str | dict | keras.layers.Layer = "softmax",
+                 shared_output: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         counts = (int(num_tasks), int(num_shared_experts), int(num_task_experts))
         if min(counts) < 1:
@@ -105,7 +108,7 @@ class CGC(keras.layers.Layer):
             return list(inputs[:-1]), inputs[-1]
         return [inputs] * self.num_tasks, inputs
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         if isinstance(input_shape, list) and isinstance(input_shape[0], (list, tuple)):
             self._check_count(len(input_shape))
             task_shapes, shared_shape = input_shape[:-1], input_shape[-1]
@@ -119,7 +122,7 @@ class CGC(keras.layers.Layer):
         if self.shared_gate is not None:
             self.shared_gate.build(shared_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         task_inputs, shared_input = self._split(inputs)
         shared = self.shared_experts(shared_input)
         own = [experts(x) for experts, x in zip(self.task_experts, task_inputs)]
@@ -132,7 +135,7 @@ class CGC(keras.layers.Layer):
             outputs.append(mix(every, self.shared_gate(shared_input)))
         return outputs
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         if isinstance(input_shape, list) and isinstance(input_shape[0], (list, tuple)):
             input_shape = input_shape[-1]
         count = self.num_tasks + (1 if self.shared_output else 0)

@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 
 import keras
 
+from mtl_keras._typing import Tensor
 from mtl_keras.architectures.cross_stitch import CrossStitch
 
 
 def cross_stitch_columns(
-    inputs,
+    inputs: Tensor,
     layer_factory: Callable[[int, str], keras.layers.Layer],
     tasks: Sequence[str],
     num_blocks: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -39,14 +41,14 @@ class CrossStitch(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, self_weight: float = 0.9, **kwargs):
+    def __init__(self, self_weight: float = 0.9, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= self_weight <= 1.0:
             raise ValueError(f"CrossStitch: self_weight must be in [0, 1], got "
                              f"{self_weight}.")
         self.self_weight = float(self_weight)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         if not isinstance(input_shape, (list, tuple)) or len(input_shape) < 2 or \
                 not isinstance(input_shape[0], (list, tuple)):
             raise ValueError(f"CrossStitch '{self.name}' mixes a list of at least "
@@ -63,13 +65,13 @@ class CrossStitch(keras.layers.Layer):
             name="alpha", shape=(num_tasks, num_tasks),
             initializer=keras.initializers.Constant(initial))
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         stacked = ops.stack(inputs, axis=-1)  # (..., K)
         mixed = ops.einsum("...j,ij->...i", stacked, ops.cast(self.alpha,
                                                                 stacked.dtype))
         return ops.unstack(mixed, num=len(inputs), axis=-1)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return list(input_shape)
 
     def get_config(self) -> dict:

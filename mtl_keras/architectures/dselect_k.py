@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
+from mtl_keras._typing import Tensor
+
 _EPSILON = 1e-6
 
 
-def smooth_step(t, gamma: float):
+def smooth_step(t: Tensor, gamma: float) -> Tensor:
     """The cubic smooth-step of DSelect-k (Hazimeh et al., 2021, eq. 5).
 
     `S(t) = 0` for `t <= -gamma/2`, `1` for `t >= gamma/2`, and
@@ -66,7 +69,7 @@ class DSelectK(keras.layers.Layer):
     """
 
     def __init__(self, num_experts: int, k: int = 2, gamma: float = 1.0,
-                 entropy_regularization: float = 0.0, **kwargs):
+                 entropy_regularization: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         num_experts, k = int(num_experts), int(k)
         if num_experts < 1 or not 1 <= k <= num_experts:
@@ -91,11 +94,11 @@ class DSelectK(keras.layers.Layer):
         self.mixture_logits = keras.layers.Dense(
             self.k, name="mixture_logits", dtype=self.dtype_policy)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         self.selector_logits.build(input_shape)
         self.mixture_logits.build(input_shape)
 
-    def selectors(self, inputs):
+    def selectors(self, inputs: Tensor) -> Tensor:
         """`r_i(x)`: each selector's weights over the experts, `(..., k, E)`."""
         z = self.selector_logits(inputs)
         z = ops.reshape(z, (*ops.shape(z)[:-1], self.k, self.num_digits, 1))
@@ -107,7 +110,7 @@ class DSelectK(keras.layers.Layer):
             r = r / (ops.sum(r, axis=-1, keepdims=True) + _EPSILON)
         return r
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         r = self.selectors(inputs)
         alpha = ops.softmax(self.mixture_logits(inputs), axis=-1)
         if self.entropy_regularization > 0:
@@ -115,7 +118,7 @@ class DSelectK(keras.layers.Layer):
             self.add_loss(self.entropy_regularization * ops.mean(entropy))
         return ops.sum(alpha[..., None] * r, axis=-2)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return (*input_shape[:-1], self.num_experts)
 
     def get_config(self) -> dict:

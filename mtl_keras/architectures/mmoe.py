@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -57,8 +58,10 @@ class MMoE(keras.layers.Layer):
     """
 
     def __init__(self, num_tasks: int, num_experts: int = 8,
-                 expert_units: int | Sequence[int] = (16,), activation="relu",
-                 gate="softmax", single_gate: bool = False, **kwargs):
+                 expert_units: int | Sequence[int] = (16,),
+                 activation: str | Callable | None = "relu",
+                 gate: str | dict | keras.layers.Layer = "softmax",
+                 single_gate: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_tasks) < 1 or int(num_experts) < 1:
             raise ValueError(f"MMoE needs num_tasks >= 1 and num_experts >= 1, got "
@@ -76,12 +79,12 @@ class MMoE(keras.layers.Layer):
         self.gates = [make_gate(self.gate, self.num_experts, f"gate_{k}",
                                 self.dtype_policy) for k in range(num_gates)]
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         self.experts.build(input_shape)
         for gate in self.gates:
             gate.build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         expert_outputs = self.experts(inputs)
         mixtures = [mix(expert_outputs, gate(inputs)) for gate in self.gates]
         if self.single_gate:
@@ -89,7 +92,7 @@ class MMoE(keras.layers.Layer):
                                     for _ in range(self.num_tasks - 1)]
         return mixtures
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return [(*input_shape[:-1], self.expert_units[-1])] * self.num_tasks
 
     def get_config(self) -> dict:

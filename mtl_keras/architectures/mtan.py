@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
+
+from mtl_keras._typing import Tensor
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -45,14 +49,15 @@ class MTANAttention(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, num_tasks: int, hidden_units: int | None = None, **kwargs):
+    def __init__(self, num_tasks: int, hidden_units: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_tasks) < 1:
             raise ValueError(f"MTANAttention needs num_tasks >= 1, got {num_tasks}.")
         self.num_tasks = int(num_tasks)
         self.hidden_units = None if hidden_units is None else int(hidden_units)
 
-    def build(self, features_shape, previous_shape=None):
+    def build(self, features_shape: Any, previous_shape: Any = None) -> None:
         channels = int(features_shape[-1])
         mask_input = list(features_shape)
         if previous_shape is not None:
@@ -73,7 +78,9 @@ class MTANAttention(keras.layers.Layer):
             self.hidden_layers.append(first)
             self.mask_layers.append(second)
 
-    def masks(self, features, previous=None):
+    def masks(
+        self, features: Tensor, previous: Tensor | None = None
+    ) -> Tensor:
         """The attention masks `[a^(1), ..., a^(K)]`, values in (0, 1)."""
         masks = []
         for task in range(self.num_tasks):
@@ -83,10 +90,14 @@ class MTANAttention(keras.layers.Layer):
             masks.append(self.mask_layers[task](self.hidden_layers[task](x)))
         return masks
 
-    def call(self, features, previous=None):
+    def call(
+        self, features: Tensor, previous: Tensor | None = None
+    ) -> Tensor:
         return [mask * features for mask in self.masks(features, previous)]
 
-    def compute_output_shape(self, features_shape, previous_shape=None):
+    def compute_output_shape(
+        self, features_shape: Any, previous_shape: Any = None
+    ) -> Any:
         return [tuple(features_shape)] * self.num_tasks
 
     def get_config(self) -> dict:

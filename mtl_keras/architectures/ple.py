@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 
@@ -54,8 +55,10 @@ class PLE(keras.layers.Layer):
 
     def __init__(self, num_tasks: int, num_levels: int = 2,
                  num_shared_experts: int = 1, num_task_experts: int = 1,
-                 expert_units: int | Sequence[int] = (16,), activation="relu",
-                 gate="softmax", **kwargs):
+                 expert_units: int | Sequence[int] = (16,),
+                 activation: str | Callable | None = "relu",
+                 gate: str | dict | keras.layers.Layer = "softmax",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_levels) < 1:
             raise ValueError(f"PLE needs num_levels >= 1, got {num_levels}.")
@@ -74,19 +77,19 @@ class PLE(keras.layers.Layer):
             for level in range(self.num_levels)
         ]
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         shape = input_shape
         for level in self.levels:
             level.build(shape)
             shape = level.compute_output_shape(shape)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         x = inputs
         for level in self.levels:
             x = level(x)
         return x
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return [(*input_shape[:-1], self.expert_units[-1])] * self.num_tasks
 
     def get_config(self) -> dict:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from mtl_keras._typing import Tensor
 from mtl_keras.architectures.mmoe import MMoE
 from mtl_keras.architectures.mtan import MTANAttention
 from mtl_keras.datasets import shapes
@@ -44,7 +45,9 @@ the trunk's width each, acting on the last axis: 1x1 convolutions on
 feature maps) or "mtan" (an `MTANAttention` mask per task)."""
 
 
-def task_features(shared, tasks: Sequence[str], architecture: str = "hard") -> dict:
+def task_features(
+    shared: Tensor, tasks: Sequence[str], architecture: str = "hard"
+) -> dict:
     """`{task: the tensor its head reads}` on top of the trunk's output.
 
     Args:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -31,7 +33,8 @@ class SoftmaxGate(keras.layers.Layer):
     """
 
     def __init__(self, num_experts: int, use_bias: bool = False,
-                 kernel_initializer="glorot_uniform", **kwargs):
+                 kernel_initializer: Any = "glorot_uniform",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(num_experts) < 1:
             raise ValueError(f"SoftmaxGate needs num_experts >= 1, got {num_experts}.")
@@ -43,13 +46,13 @@ class SoftmaxGate(keras.layers.Layer):
             kernel_initializer=self.kernel_initializer, name="logits",
             dtype=self.dtype_policy)
 
-    def build(self, input_shape):
+    def build(self, input_shape: Any) -> None:
         self.logits.build(input_shape)
 
-    def call(self, inputs):
+    def call(self, inputs: Any) -> Any:
         return ops.softmax(self.logits(inputs), axis=-1)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return (*input_shape[:-1], self.num_experts)
 
     def get_config(self) -> dict:

@@ -31,6 +31,7 @@ from mtl_keras.balancers.registry import (
     get,
     normalise_name,
     register,
+    registered,
     serialize,
 )
 from mtl_keras.balancers.rlw import RandomLossWeighting
@@ -68,5 +69,6 @@ __all__ = [
     "get",
     "normalise_name",
     "register",
+    "registered",
     "serialize",
 ]

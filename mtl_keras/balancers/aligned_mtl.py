@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
@@ -58,14 +62,16 @@ class AlignedMTL(GramianBalancer):
     ```
     """
 
+    solve_dtype = solvers.SOLVE_DTYPE
+
     def __init__(
         self,
         scale_mode: str = "min",
         rtol: float = 1e-5,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         if scale_mode not in _SCALE_MODES:
             raise ValueError(
@@ -75,7 +81,7 @@ class AlignedMTL(GramianBalancer):
         self.scale_mode = scale_mode
         self.rtol = float(rtol)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         gramian = normalize_gramian(gramian)
         eigenvalues, eigenvectors = ops.eigh(gramian)
         retained = eigenvalues > ops.maximum(self.rtol * ops.max(eigenvalues), 1e-12)

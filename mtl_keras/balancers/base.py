@@ -13,9 +13,14 @@ gradient balancers, the Gramian, and asks the balancer for weights.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
+
+from mtl_keras._typing import Tensor, TensorLike
+from mtl_keras.balancers import solvers
 
 # NOTE for everyone writing balancers: the public method is
 # `balance(task_losses[, gramian])`, NOT `weights(...)`: `weights` is the
@@ -37,13 +42,14 @@ class Balancer(keras.layers.Layer):
 
     #: "loss" or "gradient": which contract the class implements.
     kind: str = ""
+    built: bool  # keras.layers.Layer's, declared for type checkers
 
-    def __init__(self, name: str | None = None, **kwargs):
+    def __init__(self, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.task_names: list[str] | None = None
         self.num_tasks: int | None = None
 
-    def build_for_tasks(self, task_names) -> None:
+    def build_for_tasks(self, task_names: Iterable[str]) -> None:
         """Binds the balancer to named tasks and creates its state."""
         task_names = list(task_names)
         if self.num_tasks is not None and self.num_tasks != len(task_names):
@@ -60,7 +66,7 @@ class Balancer(keras.layers.Layer):
             self.legacy_state_index = len(self.weights)
             self.built = True
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         # Keras calls `build` with the shape of the first argument of `call`
         # (the task losses, shape (K,)) and when restoring a saved model.
         if not self.built and input_shape is not None:
@@ -68,7 +74,7 @@ class Balancer(keras.layers.Layer):
             self.build_for_tasks([f"task_{i}" for i in range(num_tasks)])
         self.built = True
 
-    def add_weight(self, *args, **kwargs):
+    def add_weight(self, *args: Any, **kwargs: Any) -> keras.Variable:
         # Balancer state is computed from all-reduced inputs, so every
         # replica holds the same value: under tf.distribute, let the first
         # replica's assignment stand (the default aggregation refuses
@@ -88,12 +94,12 @@ class Balancer(keras.layers.Layer):
             num_tasks = int(task_losses.shape[0])
             self.build_for_tasks([f"task_{i}" for i in range(num_tasks)])
 
-    def get_build_config(self):
+    def get_build_config(self) -> dict:
         if self.num_tasks is None:
             return {}
         return {"task_names": self.task_names}
 
-    def build_from_config(self, config):
+    def build_from_config(self, config: dict) -> None:
         if config.get("task_names"):
             self.build_for_tasks(config["task_names"])
 
@@ -117,12 +123,14 @@ class Balancer(keras.layers.Layer):
         # reference that later assignments would change.
         return [ops.copy(v.value) for v in self.state_variables()]
 
-    def set_state(self, state) -> None:
+    def set_state(self, state: Sequence[Tensor]) -> None:
         """Assigns a state returned by `get_state` or a `stateless_*` call."""
         for variable, value in zip(self.state_variables(), state):
             variable.assign(value)
 
-    def stateless_call_method(self, method, state, *args):
+    def stateless_call_method(
+        self, method: Callable[..., Any], state: Sequence[Tensor], *args: Any
+    ) -> tuple[Any, list[Tensor]]:
         """`(method(*args), new_state)`, a pure function of `state` and args.
 
         The method reads the balancer's state from `state` (not from the
@@ -146,11 +154,11 @@ class Balancer(keras.layers.Layer):
         self.set_state(new_state)
         return outputs
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: Any) -> None:
         for i, variable in enumerate(self._state_variables()):
             store[f"{i}"] = variable
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Any) -> None:
         variables = self._state_variables()
         store = self._without_legacy_state(store, len(variables))
         if len(store.keys()) != len(variables):
@@ -171,7 +179,7 @@ class Balancer(keras.layers.Layer):
         # Layer's dtype/trainable settings are not part of their interface.
         return {"name": self.name}
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
 
@@ -224,35 +232,37 @@ class LossBalancer(Balancer):
     #: optimizer step (FAMO).
     needs_post_step_losses: bool = False
 
-    def balance(self, task_losses):
+    def balance(self, task_losses: TensorLike) -> Tensor:
         """Returns the task weights, shape (K,), for the given task losses."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         self.ensure_built(task_losses)
         return ops.cast(self.compute_weights(task_losses), "float32")
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def regularizer(self):
+    def regularizer(self) -> Tensor:
         """A term added to the total loss. Default: 0."""
         return ops.zeros((), dtype="float32")
 
-    def combine(self, task_losses):
+    def combine(self, task_losses: TensorLike) -> tuple[Tensor, Tensor]:
         """Returns `(total, weights)`: the scalar the model minimises and the
         task weights behind it, computed once (RLW draws them at random)."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         weights = self.balance(task_losses)
         return ops.sum(weights * task_losses) + self.regularizer(), weights
 
-    def total_loss(self, task_losses):
+    def total_loss(self, task_losses: TensorLike) -> tuple[Tensor, Tensor]:
         """The scalar the model minimises for these task losses."""
         return self.combine(task_losses)[0]
 
-    def update_after_step(self, losses_before, losses_after) -> None:
+    def update_after_step(
+        self, losses_before: Tensor, losses_after: Tensor
+    ) -> None:
         """Hook for methods that learn from the step's effect (FAMO)."""
         del losses_before, losses_after
 
-    def call(self, task_losses):
+    def call(self, task_losses: TensorLike) -> Tensor:
         return self.balance(task_losses)
 
 
@@ -288,7 +298,7 @@ class GradientBalancer(Balancer):
     kind = "gradient"
 
     def __init__(self, mode: str = "params", update_every: int = 1,
-                 name: str | None = None, **kwargs):
+                 name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if mode not in ("params", "rep"):
             raise ValueError(
@@ -326,11 +336,14 @@ class GradientBalancer(Balancer):
         """Called by the engine with P before the first step. Default: no-op."""
         del num_params
 
-    def stateless_update(self, state, task_losses, jacobian, gramian=None):
+    def stateless_update(
+        self, state: Sequence[Tensor], task_losses: Tensor, jacobian: Tensor,
+        gramian: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """`(update (P,), weights (K,), new_state)`: a pure function."""
         raise NotImplementedError
 
-    def update_direction(self, task_losses, jacobian):
+    def update_direction(self, task_losses: TensorLike, jacobian: TensorLike) -> Tensor:
         """The shared update from an explicit Jacobian (eager, for tests)."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
@@ -363,9 +376,22 @@ class GramianBalancer(GradientBalancer):
     balancer = mtl_keras.balancers.get("mgda")
     balancer.balance([1.0, 1.0], [[1.0, 0.0], [0.0, 4.0]])  # [0.8, 0.2]
     ```
+
+    `compute_weights` runs in `solve_dtype` (a class attribute): None (the
+    default) leaves the losses and the Gramian in float32; `"float64"` casts
+    them to float64 and the weights back to float32, which the built-in
+    methods that solve a K×K problem (eigendecomposition, inverse, linear
+    system, QP) use, since in float32 they lose up to ~1e-4 (relative) of
+    the weights on Gramians of condition number 1e3–1e4. On JAX float64 is
+    enabled for that computation only (`solvers.float64_scope`). Where
+    float64 is not available (TPUs), set `solve_dtype = "float32"` on the
+    class or the instance.
     """
 
-    def balance(self, task_losses, gramian):
+    #: The dtype `compute_weights` runs in (see above).
+    solve_dtype: str | None = None
+
+    def balance(self, task_losses: TensorLike, gramian: TensorLike) -> Tensor:
         """Returns the task weights, shape (K,), from losses and Gramian."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         gramian = ops.convert_to_tensor(gramian, dtype="float32")
@@ -373,22 +399,30 @@ class GramianBalancer(GradientBalancer):
         return self._call_and_assign(self._weights, task_losses, gramian)
 
     def _weights(self, task_losses, gramian):
-        return ops.cast(self.compute_weights(task_losses, gramian), "float32")
+        weights = solvers.solve_in(
+            self.solve_dtype, self.compute_weights, task_losses, gramian
+        )
+        return ops.cast(weights, "float32")
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def stateless_balance(self, state, task_losses, gramian):
+    def stateless_balance(
+        self, state: Sequence[Tensor], task_losses: Tensor, gramian: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
         """`(weights, new_state)`: the weights as a pure function of state."""
         return self.stateless_call_method(self._weights, state, task_losses, gramian)
 
-    def stateless_update(self, state, task_losses, jacobian, gramian=None):
+    def stateless_update(
+        self, state: Sequence[Tensor], task_losses: Tensor, jacobian: Tensor,
+        gramian: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         if gramian is None:
             gramian = ops.matmul(jacobian, ops.transpose(jacobian))
         weights, new_state = self.stateless_balance(state, task_losses, gramian)
         return ops.matmul(weights[None, :], jacobian)[0], weights, new_state
 
-    def call(self, task_losses, gramian):
+    def call(self, task_losses: TensorLike, gramian: TensorLike) -> Tensor:
         return self.balance(task_losses, gramian)
 
 
@@ -409,7 +443,9 @@ class JacobianBalancer(GradientBalancer):
     ```
     """
 
-    def direction(self, task_losses, jacobian):
+    def direction(
+        self, task_losses: TensorLike, jacobian: TensorLike
+    ) -> tuple[Tensor, Tensor]:
         """The shared update (P,) and head weights (K,), state assigned."""
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         jacobian = ops.convert_to_tensor(jacobian, dtype="float32")
@@ -421,14 +457,21 @@ class JacobianBalancer(GradientBalancer):
         update, weights = self.compute_direction(task_losses, jacobian)
         return ops.cast(update, "float32"), ops.cast(weights, "float32")
 
-    def compute_direction(self, task_losses, jacobian):
+    def compute_direction(
+        self, task_losses: Tensor, jacobian: Tensor
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def stateless_update(self, state, task_losses, jacobian, gramian=None):
+    def stateless_update(
+        self, state: Sequence[Tensor], task_losses: Tensor, jacobian: Tensor,
+        gramian: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         del gramian
         (update, weights), new_state = self.stateless_call_method(
             self._direction, state, task_losses, jacobian)
         return update, weights, new_state
 
-    def call(self, task_losses, jacobian):
+    def call(
+        self, task_losses: TensorLike, jacobian: TensorLike
+    ) -> tuple[Tensor, Tensor]:
         return self.direction(task_losses, jacobian)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from keras import ops
 
+from mtl_keras._typing import Tensor
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import (
+    first_argmin,
     min_norm_simplex,
     normalize_gramian,
     pinv_symmetric,
@@ -43,13 +48,17 @@ def _face_solutions(gramian, mean_products, radius, supports):
     num = gramian.shape[0]
     support = ops.cast(supports, gramian.dtype)
     pairs = support[:, :, None] * support[:, None, :]
-    block = gramian[None] * pairs + (1.0 - support)[:, :, None] * ops.eye(num)[None]
+    block = (
+        gramian[None] * pairs
+        + (1.0 - support)[:, :, None] * ops.eye(num, dtype=gramian.dtype)[None]
+    )
     top = ops.concatenate([block, support[:, :, None]], axis=2)
     bottom = ops.concatenate([support, ops.zeros_like(support[:, :1])], axis=1)
     inverse = pinv_symmetric(ops.concatenate([top, bottom[:, None]], axis=1))
     offset = inverse[:, :num, num]
-    slope = -ops.einsum("fij,fj->fi", inverse[:, :num, :num],
-                        mean_products[None] * support)
+    slope = -ops.einsum(
+        "fij,fj->fi", inverse[:, :num, :num], mean_products[None] * support
+    )
 
     def form(a, b):
         return ops.sum(a * ops.matmul(b, gramian), axis=-1)
@@ -75,7 +84,7 @@ def _best_candidate(gramian, mean_products, radius, candidates, scales):
     candidates = candidates / ops.maximum(ops.sum(candidates, -1, keepdims=True), _EPS)
     values = _objective(gramian, mean_products, radius, candidates)
     values = ops.where(feasible & ops.isfinite(values), values, float("inf"))
-    best = ops.argmin(values)
+    best = first_argmin(values)
     return ops.take(candidates, best, axis=0), ops.take(values, best)
 
 
@@ -83,9 +92,13 @@ def _polish(gramian, mean_products, radius, weights):
     """Replaces `weights` by an exact solution on its face if better."""
     support = ops.cast(weights > 1e-6, gramian.dtype)[None]
     candidates, scales = _face_solutions(gramian, mean_products, radius, support)
-    best, value = _best_candidate(gramian, mean_products, radius,
-                                  ops.reshape(candidates, (-1, weights.shape[0])),
-                                  ops.reshape(scales, (-1,)))
+    best, value = _best_candidate(
+        gramian,
+        mean_products,
+        radius,
+        ops.reshape(candidates, (-1, weights.shape[0])),
+        ops.reshape(scales, (-1,)),
+    )
     current = _objective(gramian, mean_products, radius, weights[None])[0]
     return ops.where(value <= current, best, weights)
 
@@ -101,10 +114,15 @@ def _exact_small(gramian, mean_products, radius):
     min-norm point, the best feasible one (loop-free)."""
     num = gramian.shape[0]
     candidates, scales = _face_solutions(
-        gramian, mean_products, radius, ops.convert_to_tensor(_all_faces(num)))
-    return _best_candidate(gramian, mean_products, radius,
-                           ops.reshape(candidates, (-1, num)),
-                           ops.reshape(scales, (-1,)))[0]
+        gramian, mean_products, radius, ops.convert_to_tensor(_all_faces(num))
+    )
+    return _best_candidate(
+        gramian,
+        mean_products,
+        radius,
+        ops.reshape(candidates, (-1, num)),
+        ops.reshape(scales, (-1,)),
+    )[0]
 
 
 def cagrad_simplex_weights(gramian, c: float, iterations: int = 300):
@@ -202,6 +220,8 @@ class CAGrad(GramianBalancer):
     ```
     """
 
+    solve_dtype = solvers.SOLVE_DTYPE
+
     def __init__(
         self,
         c: float = 0.4,
@@ -209,8 +229,8 @@ class CAGrad(GramianBalancer):
         iterations: int = 300,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         if c < 0:
             raise ValueError(f"CAGrad: c must be non-negative, got {c}.")
@@ -220,7 +240,7 @@ class CAGrad(GramianBalancer):
         self.rescale = int(rescale)
         self.iterations = int(iterations)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         gramian = normalize_gramian(gramian)
         num = gramian.shape[0]
         weights, radius = cagrad_simplex_weights(gramian, self.c, self.iterations)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
 from mtl_keras import _compat
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import JacobianBalancer
 from mtl_keras.balancers.registry import register
 
@@ -54,8 +57,8 @@ class DBMTL(JacobianBalancer):
         beta_sigma: float = 0.0,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         if mode != "params":
             raise ValueError(
@@ -94,7 +97,9 @@ class DBMTL(JacobianBalancer):
             )
         self.num_params = num_params
 
-    def compute_direction(self, task_losses, jacobian):
+    def compute_direction(
+        self, task_losses: Tensor, jacobian: Tensor
+    ) -> tuple[Tensor, Tensor]:
         log_gradients = jacobian / (task_losses[:, None] + _EPS)
         step = ops.convert_to_tensor(self.step_counter) + 1.0
         rate = self.beta / ops.power(step, self.beta_sigma)
@@ -107,13 +112,13 @@ class DBMTL(JacobianBalancer):
         update = ops.sum(scales[:, None] * average, axis=0)
         return update, 1.0 / (task_losses + _EPS)
 
-    def get_build_config(self):
+    def get_build_config(self) -> dict:
         config = super().get_build_config()
         if self.num_params is not None:
             config["num_params"] = self.num_params
         return config
 
-    def build_from_config(self, config):
+    def build_from_config(self, config: dict) -> None:
         super().build_from_config(config)
         if config.get("num_params"):
             self.build_for_jacobian(config["num_params"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 
 
@@ -33,14 +36,16 @@ class DualConeBalancer(GramianBalancer):
         mode: `"params"` or `"rep"`, see `GradientBalancer`.
     """
 
+    solve_dtype = solvers.SOLVE_DTYPE
+
     def __init__(
         self,
         norm_eps: float = 1e-4,
         reg_eps: float = 1e-4,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.norm_eps = float(norm_eps)
         self.reg_eps = float(reg_eps)

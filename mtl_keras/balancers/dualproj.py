@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.dual_cone import DualConeBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import min_quadratic_above
@@ -35,7 +36,7 @@ class DualProj(DualConeBalancer):
     ```
     """
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         num = gramian.shape[0]
         regularized = self.regularized_gramian(gramian)
         lower = ops.ones((num,), dtype=gramian.dtype) / num

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
-from mtl_keras.balancers.solvers import adam_step
+from mtl_keras.balancers.solvers import adam_update
 
 
 @register("famo")
@@ -64,8 +67,8 @@ class FAMO(LossBalancer):
         min_losses: list[float] | None = None,
         epsilon: float = 1e-8,
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.gamma = float(gamma)
         self.learning_rate = float(learning_rate)
@@ -95,13 +98,15 @@ class FAMO(LossBalancer):
             task_losses = task_losses - ops.convert_to_tensor(self.min_losses)
         return task_losses, task_losses > 0.0
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         gaps, active = self._gaps(ops.stop_gradient(task_losses))
         probabilities = ops.softmax(ops.convert_to_tensor(self.logits))
         ratios = ops.where(active, probabilities / (gaps + self.epsilon), 0.0)
         return ratios / ops.maximum(ops.sum(ratios), 1e-30)
 
-    def update_after_step(self, losses_before, losses_after) -> None:
+    def update_after_step(
+        self, losses_before: Tensor, losses_after: Tensor
+    ) -> None:
         self.ensure_built(ops.convert_to_tensor(losses_before, dtype="float32"))
         before, active_before = self._gaps(losses_before)
         after, active_after = self._gaps(losses_after)
@@ -114,18 +119,8 @@ class FAMO(LossBalancer):
         probabilities = ops.softmax(logits)
         gradient = probabilities * (improvement - ops.sum(probabilities * improvement))
         gradient = gradient + self.gamma * logits
-        step = ops.convert_to_tensor(self.step_counter) + 1.0
-        delta, first, second = adam_step(
-            gradient,
-            ops.convert_to_tensor(self.first_moment),
-            ops.convert_to_tensor(self.second_moment),
-            step,
-            self.learning_rate,
-        )
+        delta = adam_update(self, gradient)
         self.logits.assign(logits + delta)
-        self.first_moment.assign(first)
-        self.second_moment.assign(second)
-        self.step_counter.assign(step)
 
     def get_config(self) -> dict:
         return {

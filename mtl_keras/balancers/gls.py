@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
 
@@ -30,20 +33,22 @@ class GeometricLossStrategy(LossBalancer):
     ```
     """
 
-    def __init__(self, epsilon: float = 1e-8, name: str | None = None, **kwargs):
+    def __init__(
+        self, epsilon: float = 1e-8, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.epsilon = float(epsilon)
 
     def _geometric_mean(self, task_losses):
         return ops.exp(ops.mean(ops.log(ops.maximum(task_losses, self.epsilon))))
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         task_losses = ops.stop_gradient(task_losses)
         num_tasks = ops.cast(ops.shape(task_losses)[0], "float32")
         floored = ops.maximum(task_losses, self.epsilon)
         return self._geometric_mean(task_losses) / (num_tasks * floored)
 
-    def combine(self, task_losses):
+    def combine(self, task_losses: Tensor) -> tuple[Tensor, Tensor]:
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         weights = self.balance(task_losses)
         return self._geometric_mean(task_losses), weights

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import JacobianBalancer
 from mtl_keras.balancers.registry import register
 
@@ -70,8 +73,8 @@ class GradDrop(JacobianBalancer):
         seed: int | None = None,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.leak = (
             float(leak) if isinstance(leak, (int, float)) else [float(x) for x in leak]
@@ -79,7 +82,9 @@ class GradDrop(JacobianBalancer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def compute_direction(self, task_losses, jacobian):
+    def compute_direction(
+        self, task_losses: Tensor, jacobian: Tensor
+    ) -> tuple[Tensor, Tensor]:
         purity = sign_purity(jacobian)
         uniform = keras.random.uniform(ops.shape(purity), seed=self.seed_generator)
         mask = graddrop_mask(jacobian, purity, uniform)

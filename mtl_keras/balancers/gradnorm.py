@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
-from mtl_keras.balancers.solvers import adam_step
+from mtl_keras.balancers.solvers import adam_update
 
 # Weights are kept above this before renormalisation, so none turns negative.
 _MIN_WEIGHT = 1e-3
@@ -73,8 +76,8 @@ class GradNorm(GramianBalancer):
         learning_rate: float = 0.025,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.alpha = float(alpha)
         self.learning_rate = float(learning_rate)
@@ -104,25 +107,15 @@ class GradNorm(GramianBalancer):
         safe_initial = ops.where(has_initial > 0.0, initial, 1.0)
         return ops.where(has_initial > 0.0, task_losses / safe_initial, 1.0)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         # A snapshot: the state is read from the stateless scope's mapping.
         weights = ops.copy(self.task_weights.value)
         gradient = gradnorm_gradient(
             weights, gramian, self._loss_ratios(task_losses), self.alpha
         )
-        step = ops.convert_to_tensor(self.step_counter) + 1.0
-        delta, first, second = adam_step(
-            gradient,
-            ops.convert_to_tensor(self.first_moment),
-            ops.convert_to_tensor(self.second_moment),
-            step,
-            self.learning_rate,
-        )
+        delta = adam_update(self, gradient)
         updated = ops.maximum(weights + delta, _MIN_WEIGHT)
         self.task_weights.assign(updated * weights.shape[0] / ops.sum(updated))
-        self.first_moment.assign(first)
-        self.second_moment.assign(second)
-        self.step_counter.assign(step)
         return weights
 
     def get_config(self) -> dict:

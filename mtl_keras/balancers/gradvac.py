@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.pcgrad import PCGrad
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
@@ -80,8 +83,9 @@ class GradVac(PCGrad):
     variants of the paper are not implemented. The targets φ̂ (K×K, start 0)
     are a non-trainable weight. `beta = 0.01` as in the paper (torchjd
     too); LibMTL's default is 0.5. Every visited pair updates its EMA, as in
-    the paper (LibMTL's current code only updates it when a correction is
-    applied, which lets targets only decrease).
+    the paper and in LibMTL since February 2024 (earlier LibMTL versions
+    updated it only when a correction was applied, which let targets only
+    decrease).
 
     GradVac generalises PCGrad (target 0 for every pair, no EMA), whose
     random order per task and step it reuses (`shuffle`, `seed`).
@@ -107,8 +111,8 @@ class GradVac(PCGrad):
         seed: int | None = None,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(shuffle=shuffle, seed=seed, mode=mode, name=name, **kwargs)
         self.beta = float(beta)
 
@@ -120,10 +124,12 @@ class GradVac(PCGrad):
             name="target_cosines",
         )
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         coefficients, targets = vaccinate(
-            gramian, self.task_orders(gramian.shape[0]),
-            ops.convert_to_tensor(self.target_cosines), self.beta
+            gramian,
+            self.task_orders(gramian.shape[0]),
+            ops.convert_to_tensor(self.target_cosines),
+            self.beta,
         )
         self.target_cosines.assign(targets)
         return ops.sum(coefficients, axis=0)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian, pinv_symmetric
@@ -38,17 +42,19 @@ class IMTLG(GramianBalancer):
     ```
     """
 
+    solve_dtype = solvers.SOLVE_DTYPE
+
     def __init__(
         self,
         rtol: float = 1e-6,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.rtol = float(rtol)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         gramian = normalize_gramian(gramian)
         norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
         raw = ops.matmul(pinv_symmetric(gramian, self.rtol), norms)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
 
@@ -27,7 +30,9 @@ class IMTLL(LossBalancer):
     ```
     """
 
-    def __init__(self, initial_scale: float = 0.0, name: str | None = None, **kwargs):
+    def __init__(
+        self, initial_scale: float = 0.0, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.initial_scale = float(initial_scale)
 
@@ -40,10 +45,10 @@ class IMTLL(LossBalancer):
             name="log_scales",
         )
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         return ops.exp(ops.cast(self.log_scales, "float32"))
 
-    def regularizer(self):
+    def regularizer(self) -> Tensor:
         return -ops.sum(ops.cast(self.log_scales, "float32"))
 
     def get_config(self) -> dict:

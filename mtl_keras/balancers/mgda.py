@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
+from mtl_keras.balancers import solvers
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import min_norm_simplex
@@ -66,6 +70,8 @@ class MGDA(GramianBalancer):
     ```
     """
 
+    solve_dtype = solvers.SOLVE_DTYPE
+
     def __init__(
         self,
         normalization: str = "none",
@@ -73,8 +79,8 @@ class MGDA(GramianBalancer):
         rescale: bool = True,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(
@@ -85,7 +91,7 @@ class MGDA(GramianBalancer):
         self.iterations = int(iterations)
         self.rescale = bool(rescale)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         scales = gradient_normalizers(task_losses, gramian, self.normalization)
         normalized = gramian / ops.outer(scales, scales)
         weights = min_norm_simplex(normalized, self.iterations)

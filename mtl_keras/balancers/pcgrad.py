@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GramianBalancer
 from mtl_keras.balancers.registry import register
 from mtl_keras.balancers.solvers import normalize_gramian
@@ -94,20 +97,20 @@ class PCGrad(GramianBalancer):
         seed: int | None = None,
         mode: str = "params",
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(mode=mode, name=name, **kwargs)
         self.shuffle = bool(shuffle)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def task_orders(self, num_tasks: int):
+    def task_orders(self, num_tasks: int) -> Tensor:
         """The visiting order of this step, one row per task."""
         if self.shuffle:
             return random_orders(num_tasks, self.seed_generator)
         return fixed_orders(num_tasks)
 
-    def compute_weights(self, task_losses, gramian):
+    def compute_weights(self, task_losses: Tensor, gramian: Tensor) -> Tensor:
         orders = self.task_orders(gramian.shape[0])
         return ops.sum(project_conflicting(gramian, orders), axis=0)
 

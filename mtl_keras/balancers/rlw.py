@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
 
@@ -31,12 +34,14 @@ class RandomLossWeighting(LossBalancer):
     ```
     """
 
-    def __init__(self, seed: int | None = None, name: str | None = None, **kwargs):
+    def __init__(
+        self, seed: int | None = None, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         noise = keras.random.normal(
             ops.shape(task_losses), seed=self.seed_generator, dtype="float32"
         )

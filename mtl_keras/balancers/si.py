@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
 
@@ -27,14 +30,16 @@ class ScaleInvariant(LossBalancer):
     ```
     """
 
-    def __init__(self, epsilon: float = 1e-8, name: str | None = None, **kwargs):
+    def __init__(
+        self, epsilon: float = 1e-8, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.epsilon = float(epsilon)
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         return 1.0 / ops.maximum(ops.stop_gradient(task_losses), self.epsilon)
 
-    def combine(self, task_losses):
+    def combine(self, task_losses: Tensor) -> tuple[Tensor, Tensor]:
         task_losses = ops.convert_to_tensor(task_losses, dtype="float32")
         weights = self.balance(task_losses)
         return ops.sum(ops.log(ops.maximum(task_losses, self.epsilon))), weights

@@ -18,11 +18,106 @@ exact solution.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
 from keras import ops
 
 _TINY = 1e-12
 # Optimality tolerance of the active-set rounds, at unit Gramian scale.
 _KKT_TOL = 1e-7
+
+
+#: The dtype gradient balancers solve their K×K problems in (see
+#: `GramianBalancer.solve_dtype`): float32 loses up to ~1e-4 (relative) of
+#: the weights on a Gramian of condition number 1e3–1e4 (TensorFlow's float32
+#: `eigh` alone 1.5e-4 on the smallest eigenvalue); float64 costs nothing
+#: noticeable at K×K.
+SOLVE_DTYPE = "float64"
+
+
+@contextlib.contextmanager
+def float64_scope() -> Iterator[None]:
+    """Lets the enclosed code compute in float64 on every backend.
+
+    TensorFlow needs nothing. JAX truncates float64 to float32 unless its
+    x64 mode is on; it is switched on for the enclosed code only (JAX's
+    thread-local `enable_x64` context, which also holds while a `jit`
+    function is traced), so the user's global setting is left alone.
+    """
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # older JAX: still experimental
+        enable_x64 = importlib.import_module("jax.experimental").enable_x64
+    with enable_x64(True):
+        yield
+
+
+def solve_in(dtype: str | None, function: Callable[..., Any], *tensors: Any) -> Any:
+    """`function(*tensors)` computed in `dtype`, its (nested) float results
+    returned in float32.
+
+    The inputs are cast to `dtype` (after `stop_gradient`: the K×K solves
+    are constants to the model's gradient) inside `float64_scope`; with
+    `dtype=None` the function runs on the inputs as they are.
+
+    Args:
+        dtype: `"float64"`, `"float32"` or None.
+        function: The computation, e.g. a balancer's `compute_weights`.
+        *tensors: Its tensor arguments.
+
+    Returns:
+        The function's output, floating tensors cast to float32.
+
+    Example:
+
+    >>> solve_in("float64", lambda m: keras.ops.eigh(m)[0], [[2.0, 1.0], [1.0, 2.0]])
+    [1., 3.]
+    """
+    if dtype is None:
+        return function(*tensors)
+    scope = float64_scope() if dtype == "float64" else contextlib.nullcontext()
+    with scope:
+        cast = [
+            ops.cast(ops.stop_gradient(ops.convert_to_tensor(t)), dtype)
+            for t in tensors
+        ]
+        outputs = function(*cast)
+        return keras.tree.map_structure(_to_float32, outputs)
+
+
+def _to_float32(value: Any) -> Any:
+    if "float" in keras.backend.standardize_dtype(getattr(value, "dtype", "int32")):
+        return ops.cast(value, "float32")
+    return value
+
+
+def first_argmin(values):
+    """The first index of the minimum along the last axis (int32).
+
+    `ops.argmin`, written as a reduction: JAX lowers its `argmin` with the
+    integer width of the x64 setting in force at lowering time, which is not
+    the one of a `float64_scope` traced inside a jitted step (the step is
+    lowered after the scope has closed). A NaN row gives its last index.
+    """
+    num = values.shape[-1]
+    smallest = ops.min(values, axis=-1, keepdims=True)
+    index = ops.arange(num, dtype="int32")
+    found = ops.min(ops.where(values == smallest, index, num), axis=-1)
+    return ops.minimum(found, num - 1)
+
+
+def first_argmax(values):
+    """The first index of the maximum along the last axis (int32), see
+    `first_argmin`."""
+    return first_argmin(-values)
 
 
 def normalize_gramian(gramian):
@@ -110,9 +205,9 @@ def min_norm_two(g11, g12, g22):
 def _masked_block(gramian, support):
     """G on the support's rows/columns, the identity elsewhere (batched)."""
     mask = ops.expand_dims(support, -1) * ops.expand_dims(support, -2)
-    return gramian * mask + ops.eye(gramian.shape[-1]) * ops.expand_dims(
-        1.0 - support, -1
-    )
+    return gramian * mask + ops.eye(
+        gramian.shape[-1], dtype=gramian.dtype
+    ) * ops.expand_dims(1.0 - support, -1)
 
 
 def _box_reduced(gramian, linear, support):
@@ -130,9 +225,13 @@ def _simplex_reduced(gramian, linear, support):
     batch, num = support.shape[0], support.shape[-1]
     column = ops.expand_dims(support, -1)
     top = ops.concatenate([_masked_block(gramian, support), column], axis=-1)
-    bottom = ops.concatenate([support, ops.zeros((batch, 1))], axis=-1)
+    bottom = ops.concatenate(
+        [support, ops.zeros((batch, 1), dtype=support.dtype)], axis=-1
+    )
     bordered = ops.concatenate([top, ops.expand_dims(bottom, 1)], axis=1)
-    rhs = ops.concatenate([-linear * support, ops.ones((batch, 1))], axis=-1)
+    rhs = ops.concatenate(
+        [-linear * support, ops.ones((batch, 1), dtype=support.dtype)], axis=-1
+    )
     solution = ops.matmul(pinv_symmetric(bordered), ops.expand_dims(rhs, -1))
     return ops.squeeze(solution, -1)[:, :num]
 
@@ -162,8 +261,8 @@ def _active_set(gramian, linear, points, rounds: int, on_simplex: bool):
         else:
             level = ops.zeros_like(gradient[:, :1])
         violation = ops.where(support > 0, 0.0, level - gradient)
-        worst = ops.argmax(violation, axis=-1)
-        add = ops.one_hot(worst, num) * ops.cast(
+        worst = first_argmax(violation)
+        add = ops.one_hot(worst, num, dtype=points.dtype) * ops.cast(
             ops.max(violation, axis=-1, keepdims=True) > _KKT_TOL, points.dtype
         )
         major_support = ops.maximum(support, add)
@@ -174,7 +273,7 @@ def _active_set(gramian, linear, points, rounds: int, on_simplex: bool):
         ratio = ops.where(leaving & (gap <= _TINY), 0.0, ratio)
         step = ops.clip(ops.min(ratio, axis=-1, keepdims=True), 0.0, 1.0)
         minor_points = ops.maximum(points + step * (target - points), 0.0) * support
-        first_out = ops.one_hot(ops.argmin(ratio, axis=-1), num)
+        first_out = ops.one_hot(first_argmin(ratio), num, dtype=points.dtype)
         minor_support = support * ops.cast(minor_points > _TINY, points.dtype)
         minor_support = minor_support * (1.0 - first_out)
 
@@ -186,8 +285,10 @@ def _active_set(gramian, linear, points, rounds: int, on_simplex: bool):
         return new_points, new_support
 
     def unchanged(points, support, new_points, new_support):
-        return ops.logical_and(ops.all(ops.equal(points, new_points)),
-                               ops.all(ops.equal(support, new_support)))
+        return ops.logical_and(
+            ops.all(ops.equal(points, new_points)),
+            ops.all(ops.equal(support, new_support)),
+        )
 
     def not_done(round_index, points, support, done):
         return ops.logical_and(round_index < rounds, ops.logical_not(done))
@@ -203,8 +304,12 @@ def _active_set(gramian, linear, points, rounds: int, on_simplex: bool):
     # rounds of K batched eigendecompositions cost more than the backward
     # passes; most problems settle in a few).
     support = ops.cast(points > _TINY, points.dtype)
-    start = (ops.convert_to_tensor(0, "int32"), points, support,
-             ops.convert_to_tensor(False))
+    start = (
+        ops.convert_to_tensor(0, "int32"),
+        points,
+        support,
+        ops.convert_to_tensor(False),
+    )
     _, points, _, _ = ops.while_loop(not_done, guarded_round, start)
     return points
 
@@ -222,12 +327,12 @@ def _best_pair_start(gramian):
         + (1.0 - gamma) ** 2 * gjj
     )
     cost = ops.where(ops.eye(num) > 0, float("inf"), cost)
-    flat = ops.argmin(ops.reshape(cost, (-1,)))
+    flat = first_argmin(ops.reshape(cost, (-1,)))
     first, second = flat // num, flat % num
     pair_gamma = ops.reshape(gamma, (-1,))[flat]
-    return pair_gamma * ops.one_hot(first, num) + (1.0 - pair_gamma) * ops.one_hot(
-        second, num
-    )
+    return pair_gamma * ops.one_hot(first, num, dtype=gramian.dtype) + (
+        1.0 - pair_gamma
+    ) * ops.one_hot(second, num, dtype=gramian.dtype)
 
 
 def min_norm_simplex(gramian, iterations: int = 250, rounds: int | None = None):
@@ -265,11 +370,13 @@ def min_norm_simplex(gramian, iterations: int = 250, rounds: int | None = None):
 
     def frank_wolfe_step(_, weights):
         gradient = ops.matmul(gramian, weights)
-        vertex = ops.argmin(gradient)
+        vertex = first_argmin(gradient)
         gamma = min_norm_two(
             ops.sum(weights * gradient), gradient[vertex], diag[vertex]
         )
-        return gamma * weights + (1.0 - gamma) * ops.one_hot(vertex, num)
+        return gamma * weights + (1.0 - gamma) * ops.one_hot(
+            vertex, num, dtype=gramian.dtype
+        )
 
     weights = ops.fori_loop(0, iterations, frank_wolfe_step, _best_pair_start(gramian))
     rounds = 2 * num if rounds is None else rounds
@@ -347,3 +454,29 @@ def adam_step(
     corrected_second = second_moment / (1.0 - beta_2**step)
     delta = -learning_rate * corrected_first / (ops.sqrt(corrected_second) + epsilon)
     return delta, first_moment, second_moment
+
+
+def adam_update(balancer: Any, gradient: Any) -> Any:
+    """One `adam_step` on a balancer's own Adam state: reads and assigns its
+    `first_moment`, `second_moment` and `step_counter` variables (FAMO,
+    GradNorm) at its `learning_rate`.
+
+    Args:
+        balancer: The balancer that holds the Adam state.
+        gradient: The gradient of the balancer's own parameters.
+
+    Returns:
+        The change to add to those parameters.
+    """
+    step = ops.convert_to_tensor(balancer.step_counter) + 1.0
+    delta, first, second = adam_step(
+        gradient,
+        ops.convert_to_tensor(balancer.first_moment),
+        ops.convert_to_tensor(balancer.second_moment),
+        step,
+        balancer.learning_rate,
+    )
+    balancer.first_moment.assign(first)
+    balancer.second_moment.assign(second)
+    balancer.step_counter.assign(step)
+    return delta

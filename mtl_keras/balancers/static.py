@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
 
@@ -24,5 +25,5 @@ class Static(LossBalancer):
     ```
     """
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         return ops.ones_like(task_losses)

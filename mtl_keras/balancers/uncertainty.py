@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import LossBalancer
 from mtl_keras.balancers.registry import register
 
@@ -47,8 +50,8 @@ class UncertaintyWeighting(LossBalancer):
         form: str = "standard",
         initial_log_variance: float = -0.5,
         name: str | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         if form not in _FORMS:
             raise ValueError(
@@ -66,7 +69,7 @@ class UncertaintyWeighting(LossBalancer):
             name="log_variances" if self.form != "positive" else "scales",
         )
 
-    def compute_weights(self, task_losses):
+    def compute_weights(self, task_losses: Tensor) -> Tensor:
         params = ops.cast(self.log_variances, "float32")
         if self.form == "standard":
             return 0.5 * ops.exp(-params)
@@ -74,7 +77,7 @@ class UncertaintyWeighting(LossBalancer):
             return ops.exp(-params)
         return 0.5 / ops.square(params)
 
-    def regularizer(self):
+    def regularizer(self) -> Tensor:
         params = ops.cast(self.log_variances, "float32")
         if self.form == "standard":
             return 0.5 * ops.sum(params)

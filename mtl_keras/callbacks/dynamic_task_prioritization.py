@@ -53,7 +53,7 @@ class DynamicTaskPrioritization(TaskWeightCallback):
     history_length = 1
 
     def __init__(self, kpis: str | dict[str, str], gamma: float = 1.0,
-                 alpha: float = 1.0):
+                 alpha: float = 1.0) -> None:
         super().__init__(monitor=kpis)
         if not gamma >= 0:
             raise ValueError(f"gamma must be ≥ 0, got {gamma}.")

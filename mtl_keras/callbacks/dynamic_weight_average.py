@@ -37,7 +37,7 @@ class DynamicWeightAverage(TaskWeightCallback):
 
     history_length = 2
 
-    def __init__(self, temperature: float = 2.0):
+    def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")

@@ -46,7 +46,7 @@ class LambdaTaskWeights(TaskWeightCallback):
         frequency: str = "epoch",
         history_length: int = 2,
         reset_each_epoch: bool = False,
-    ):
+    ) -> None:
         if not callable(fn):
             raise ValueError(f"LambdaTaskWeights needs a function, got {fn!r}.")
         super().__init__(monitor, frequency, history_length, reset_each_epoch)
@@ -61,7 +61,7 @@ class LambdaTaskWeights(TaskWeightCallback):
                 **super().get_config()}
 
     @classmethod
-    def from_config(cls, config: dict):
+    def from_config(cls, config: dict) -> LambdaTaskWeights:
         config = dict(config)
         config["fn"] = keras.saving.deserialize_keras_object(config["fn"])
         return cls(**config)

@@ -47,7 +47,7 @@ class LossBalancedTaskWeighting(TaskWeightCallback):
     history_length = 1
     reset_each_epoch = True
 
-    def __init__(self, alpha: float = 0.5, normalize: bool = True):
+    def __init__(self, alpha: float = 0.5, normalize: bool = True) -> None:
         super().__init__()
         if not alpha >= 0:
             raise ValueError(f"alpha must be ≥ 0, got {alpha}.")

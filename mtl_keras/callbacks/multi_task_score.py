@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import keras
 
@@ -50,7 +51,9 @@ class MultiTaskScore(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, references=None, higher_is_better=None, prefix: str = "val_"):
+    def __init__(self, references: Mapping | None = None,
+                 higher_is_better: Mapping | None = None,
+                 prefix: str = "val_") -> None:
         super().__init__()
         self.references = _check_references(references, higher_is_better)
         self.higher_is_better = higher_is_better
@@ -61,7 +64,7 @@ class MultiTaskScore(keras.callbacks.Callback):
         """The log key this callback writes."""
         return score_name(self.references is not None, self.prefix)
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         task_names = getattr(self.model, "task_names", None)
         if task_names is None:
             raise ValueError(
@@ -70,7 +73,7 @@ class MultiTaskScore(keras.callbacks.Callback):
             )
         self.check_tasks(task_names)
 
-    def check_tasks(self, task_names) -> None:
+    def check_tasks(self, task_names: Sequence[str]) -> None:
         """Raises unless the references name exactly the tasks `task_names`."""
         if self.references is None:
             return
@@ -85,7 +88,7 @@ class MultiTaskScore(keras.callbacks.Callback):
                 "for every task."
             )
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None:
             return
         logs[self.name] = self.score(logs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -33,10 +34,13 @@ class TaskBoard(keras.callbacks.TensorBoard):
 
     - "Task losses": one chart per task, `<task>_loss`, training and
       validation on the same chart.
-    - "Task weights": the effective weight of every task (`<task>_weight`).
+    - "Task weights": one chart, one line per task: the weight each step
+      applied (`<task>_weight`, static weight × balancer weight; logged in
+      training only).
     - "Task metrics": one chart per task metric (`<task>_<metric>`).
-    - "Gradient norms" and "Gradient cosines": `grad_norm_<task>` and
-      `grad_cos_<a>/<b>`, when the model logs them (gradient balancers).
+    - "Gradient norms" and "Gradient cosines": `grad_norm/<task>` and
+      `grad_cos/<a>/<b>`, when the model logs them (gradient balancers).
+      TensorBoard's own Scalars tab also puts each kind in one section.
 
     With an integer `update_freq=N`, the `TensorBoard` callback also writes
     every log key as `batch_<key>` every N training batches; the layout then
@@ -63,17 +67,17 @@ class TaskBoard(keras.callbacks.TensorBoard):
     ```
     """
 
-    def __init__(self, log_dir="logs", **kwargs):
+    def __init__(self, log_dir: str = "logs", **kwargs: Any) -> None:
         super().__init__(log_dir=log_dir, **kwargs)
         self._tensorboard_kwargs = dict(kwargs)
         self._task_names: list[str] | None = None
         self._layout_written = False
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self._task_names = model_task_names(self.model)
         super().on_train_begin(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # With an integer `update_freq`, TensorBoard leaves the last batch's
         # `record_if` condition active here, which would drop these summaries.
         with self.summary.record_if(True):
@@ -140,7 +144,7 @@ def group_log_keys(task_names: Sequence[str], log_keys: Iterable[str]) -> dict:
     by_length = sorted(task_names, key=len, reverse=True)
     for key in dict.fromkeys(log_keys):
         if key in diagnostics:
-            group = "grad_norms" if key.startswith("grad_norm_") else "grad_cosines"
+            group = "grad_norms" if key.startswith("grad_norm/") else "grad_cosines"
             groups[group].append(key)
             continue
         task = next((t for t in by_length if key.startswith(f"{t}_")), None)

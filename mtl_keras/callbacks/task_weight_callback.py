@@ -72,7 +72,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
         frequency: str | None = None,
         history_length: int | None = None,
         reset_each_epoch: bool | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if frequency is not None:
             self.frequency = frequency
@@ -252,14 +252,14 @@ class TaskWeightCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ hooks
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self._keys = self._resolve_keys(self._task_weights().task_names)
         self._fitting = True
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         self._fitting = False
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         # Here, not in on_train_begin: BackupAndRestore may restore the
         # model's weights in its on_train_begin, after this callback's.
         store = self._history_store()
@@ -270,7 +270,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
         self._previous_means = None
         self._apply(self._step(epoch))
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.history_length > 0 and not self._validation:
             # Recorded every batch, not at the epoch's end: a BackupAndRestore
             # listed before this callback saves the model at the epoch's end
@@ -285,12 +285,12 @@ class TaskWeightCallback(keras.callbacks.Callback):
         if self.frequency == "batch":
             self._apply(self._step(None))
 
-    def on_test_end(self, logs=None):
+    def on_test_end(self, logs: dict | None = None) -> None:
         # Validation inside fit calls this before any on_epoch_end.
         if self._fitting and self._validation and self.history_length > 0:
             self._record(self._logged_values(logs, strip_prefix="val_"), refresh=False)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self._validation and not any(k.startswith("val_") for k in logs or {}):
             raise ValueError(
                 f"{type(self).__name__} monitors validation entries "
@@ -306,7 +306,7 @@ class TaskWeightCallback(keras.callbacks.Callback):
         }
 
     @classmethod
-    def from_config(cls, config: dict):
+    def from_config(cls, config: dict) -> TaskWeightCallback:
         return cls(**config)
 
 

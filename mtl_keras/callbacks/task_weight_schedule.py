@@ -51,7 +51,7 @@ class TaskWeightSchedule(TaskWeightCallback):
 
     history_length = 0
 
-    def __init__(self, schedules: dict, frequency: str = "epoch"):
+    def __init__(self, schedules: dict, frequency: str = "epoch") -> None:
         super().__init__(frequency=frequency)
         if not isinstance(schedules, dict) or not schedules:
             raise ValueError(
@@ -61,7 +61,7 @@ class TaskWeightSchedule(TaskWeightCallback):
             task: _checked(task, spec) for task, spec in schedules.items()}
         self._fixed: dict[str, float] = {}
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
         task_names = self._task_weights().task_names
         unknown = sorted(set(self.schedules) - set(task_names), key=str)

@@ -25,11 +25,11 @@ class TerminateOnNonFiniteLoss(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, raise_error: bool = True):
+    def __init__(self, raise_error: bool = True) -> None:
         super().__init__()
         self.raise_error = raise_error
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if not logs or float(logs.get("skipped_steps", 0.0)) == 0.0:
             return
         flags = self.model.nonfinite_tasks.numpy() > 0

@@ -48,7 +48,7 @@ def balanced_gradients(loss_fn: Callable, shared_values: list,
                        jacobian: str = "loop") -> BalancedGradients: ...
 
 
-def balanced_gradients(*args, **kwargs) -> BalancedGradients:
+def balanced_gradients(*args: Any, **kwargs: Any) -> BalancedGradients:
     """Balanced task gradients for a custom loop, on the current backend.
 
     Two signatures, one per backend (both declared above with

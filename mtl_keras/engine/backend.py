@@ -167,6 +167,10 @@ class Backend(Protocol):
     def step_logs(self, model, logs: dict) -> dict:
         """The step's logs in the form the backend's distribution reduces."""
 
+    def values_guard(self) -> keras.callbacks.Callback | None:
+        """A callback that restores the variables after a failed `fit` or
+        `evaluate` (JAX detaches them), or `None` where none is needed."""
+
     def variables_by_task(self, network: keras.Model) -> dict | None:
         """`{output: variables reaching it}` found by differentiation, or
         `None` where gradients cannot tell (the caller uses the layer

@@ -9,11 +9,13 @@ backend (how J is computed, how replicas are reduced) lives in
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from keras import ops
 
+from mtl_keras._typing import Tensor
 from mtl_keras.balancers.base import GradientBalancer, JacobianBalancer
 
 
@@ -257,19 +259,32 @@ def finite_task_flags(task_losses, grads_finite=True, replica_mean=None):
     return ops.equal(flags, 1.0)
 
 
-def diagnostic_names(task_names, cosines: bool = True) -> list[str]:
+def diagnostic_names(task_names: Sequence[str], cosines: bool = True) -> list[str]:
     """Log names of the Gramian diagnostics, in `diagnostics` order.
 
-    Cosines are named `grad_cos_<a>/<b>`: task names are layer names, which
-    cannot contain "/", so the pair is unambiguous (`left_eye`, `left`).
+    Norms are named `grad_norm/<task>` and cosines `grad_cos/<a>/<b>`, so
+    that TensorBoard shows each kind in one section (`epoch_grad_cos`)
+    whatever the task names. A "/" in a task name is written "%2F" (and
+    "%" as "%25"), so a pair of names is never ambiguous.
+
+    Example:
+
+    ```python
+    diagnostic_names(["a", "b"])  # ['grad_norm/a', 'grad_norm/b', 'grad_cos/a/b']
+    ```
     """
-    names = [f"grad_norm_{t}" for t in task_names]
+    names = [f"grad_norm/{_escape(t)}" for t in task_names]
     if cosines:
-        names += [f"grad_cos_{a}/{b}" for a, b in itertools.combinations(task_names, 2)]
+        names += [f"grad_cos/{_escape(a)}/{_escape(b)}"
+                  for a, b in itertools.combinations(task_names, 2)]
     return names
 
 
-def diagnostics(gramian, cosines: bool = True):
+def _escape(task: str) -> str:
+    return str(task).replace("%", "%25").replace("/", "%2F")
+
+
+def diagnostics(gramian: Tensor, cosines: bool = True) -> Tensor:
     """Per-task gradient norms, then (if `cosines`) the pairwise cosines in
     `itertools.combinations` order, read from the Gramian: one vector, in
     a few ops whatever K."""

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
+from mtl_keras import _compat
 from mtl_keras.balancers.base import GradientBalancer
 from mtl_keras.engine import amortise, core
 from mtl_keras.engine.backend import check_jacobian_method
@@ -595,6 +596,12 @@ class JaxBackend:
     trainer = staticmethod(JaxTrainer)
     replica_mean = staticmethod(replica_mean)
     balanced_gradients = staticmethod(balanced_gradients)
+
+    @staticmethod
+    def values_guard() -> keras.callbacks.Callback:
+        """A `_compat.JaxValuesGuard`: Keras' JAX trainer detaches the
+        variables' values while a loop runs."""
+        return _compat.JaxValuesGuard()
 
     @staticmethod
     def variables_by_task(network) -> None:

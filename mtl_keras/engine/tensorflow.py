@@ -544,5 +544,9 @@ class TensorFlowBackend:
     variables_by_task = staticmethod(variables_by_task)
     balanced_gradients = staticmethod(balanced_gradients)
 
+    @staticmethod
+    def values_guard() -> None:
+        """`None`: TensorFlow keeps the variables' values through a failure."""
+
 
 BACKEND = TensorFlowBackend()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from mtl_keras import methods as methods_lib
 from mtl_keras import suites
 from mtl_keras.experiments import markdown, run_log
 from mtl_keras.experiments.method_parts import method_names
@@ -28,14 +30,14 @@ def compare(
     suite: str | Suite | None = None,
     *,
     build_model: Callable | None = None,
-    train=None,
-    test=None,
+    train: Any = None,
+    test: Any = None,
     losses: Mapping | None = None,
-    metrics=None,
+    metrics: Mapping | None = None,
     headline: Mapping | None = None,
     seeds: int | Sequence[int] = 3,
     epochs: int = 10,
-    **options,
+    **options: Any,
 ) -> CompareResult:
     """Trains every method and one single-task model per task, seed by seed,
     and scores them on the test data.
@@ -48,8 +50,9 @@ def compare(
     order `compare(suite, methods, ...)` is accepted too.
 
     Args:
-        methods: method names (`available_methods()`: the balancers and
-            `"dwa"`); checked before anything trains.
+        methods: method names (`mtl_keras.methods.names()`: balancers
+            and callback methods such as `"dwa"`); checked before anything
+            trains.
         suite: a built-in suite's name or a `Suite`; None with your parts.
         build_model: `build_model(tasks) -> MultiTaskModel`, uncompiled.
         train: a batched `tf.data.Dataset` of `(x, {task: y})`, or arrays.
@@ -84,15 +87,25 @@ def compare(
     training = dataclasses.replace(groups[TrainOptions], epochs=int(epochs))
     overrides = groups[MethodOverrides]
     methods = _checked(methods, overrides)
-    suite = _suite(suite, groups[SuiteOptions], dict(
-        build_model=build_model, train=train, test=test, losses=losses,
-        metrics=metrics, headline=headline))
+    suite = _suite(
+        suite,
+        groups[SuiteOptions],
+        dict(
+            build_model=build_model,
+            train=train,
+            test=test,
+            losses=losses,
+            metrics=metrics,
+            headline=headline,
+        ),
+    )
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     return run_plan(suite, methods, seeds, training, groups)
 
 
-def run_plan(suite: Suite, methods: list, seeds: list, training: TrainOptions,
-             groups: dict) -> CompareResult:
+def run_plan(
+    suite: Suite, methods: list, seeds: list, training: TrainOptions, groups: dict
+) -> CompareResult:
     """Runs (or resumes) every `(method, seed, tasks)` of the comparison.
 
     Args:
@@ -106,8 +119,9 @@ def run_plan(suite: Suite, methods: list, seeds: list, training: TrainOptions,
     overrides = groups[MethodOverrides]
     settings = run_settings(suite, training, groups[SuiteOptions], log)
     records = run_log.resumed(log.log_path, settings) if log.resume else []
-    result = CompareResult(suite.name, suite.tasks, suite.headline, methods,
-                           records, settings)
+    result = CompareResult(
+        suite.name, suite.tasks, suite.headline, methods, records, settings
+    )
     plan = _plan(suite.tasks, methods, seeds)
     done = {record.key() for record in records}
     for index, (method, seed, tasks) in enumerate(plan, start=1):
@@ -116,21 +130,31 @@ def run_plan(suite: Suite, methods: list, seeds: list, training: TrainOptions,
         if hooks.before_run is not None:
             hooks.before_run(method, seed)
         record = train_run(
-            suite, method, seed, training.epochs, tasks, training.batch_size,
-            training.learning_rate, overrides.method_loss_weights.get(method),
-            training.curves, overrides.method_balancers.get(method))
+            suite,
+            method,
+            seed,
+            training.epochs,
+            tasks,
+            training.batch_size,
+            training.learning_rate,
+            overrides.method_loss_weights.get(method),
+            training.curves,
+            overrides.method_balancers.get(method),
+        )
         records.append(record)
         run_log.append(log.log_path, record, settings)
         if hooks.progress is not None:
-            hooks.progress(f"[{index}/{len(plan)}] "
-                           + markdown.describe(record, result))
+            hooks.progress(
+                f"[{index}/{len(plan)}] " + markdown.describe(record, result)
+            )
         if hooks.on_record is not None:
             hooks.on_record(result)
     return result
 
 
 def available_methods() -> list[str]:
-    """Every method name `compare` accepts: the balancers and `"dwa"`."""
+    """Every method name `compare` accepts (`mtl_keras.methods`, aliases
+    included)."""
     return method_names()
 
 
@@ -138,34 +162,41 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     """Returns the method names, raising before any training on an unknown one.
 
     Raises:
-        ValueError: an unknown, repeated or missing name, or `SINGLE_TASK`
-            (always run); the message lists the available names.
+        ValueError: an unknown, repeated or missing name, a method that needs
+            constructor arguments (DTP's `kpis`), or `SINGLE_TASK` (always
+            run); the message names the closest valid name and all of them.
     """
-    from mtl_keras.balancers import normalise_name
-
     methods = [str(method).strip() for method in methods]
-    known = {normalise_name(name) for name in available_methods()}
-    unknown = [m for m in methods if normalise_name(m) not in known]
-    if unknown or not methods:
+    if not methods:
         raise ValueError(
-            f"Unknown method(s) {unknown or methods}. Available methods: "
-            f"{', '.join(available_methods())}."
+            f"No method given. Available methods: {', '.join(available_methods())}."
         )
+    if SINGLE_TASK in methods:
+        raise ValueError(f"{SINGLE_TASK!r} is always run; do not list it.")
+    for name in methods:
+        method = methods_lib.get(name)
+        if method.required:
+            raise ValueError(
+                f"Method {name!r} needs {', '.join(method.required)}, which "
+                "compare cannot choose for you: train it yourself with "
+                f"mtl_keras.methods.get({method.name!r}).parts(...)."
+            )
     duplicated = sorted({m for m in methods if methods.count(m) > 1})
     if duplicated:
         raise ValueError(f"Method(s) {duplicated} given more than once.")
-    if SINGLE_TASK in methods:
-        raise ValueError(f"{SINGLE_TASK!r} is always run; do not list it.")
     return methods
 
 
-def run_settings(suite: Suite, training: TrainOptions, data: SuiteOptions,
-                 log: RunLog) -> dict:
+def run_settings(
+    suite: Suite, training: TrainOptions, data: SuiteOptions, log: RunLog
+) -> dict:
     """What every logged run of a comparison shares (checked on resume)."""
     settings = {
-        "data": suite.name, "epochs": training.epochs,
+        "data": suite.name,
+        "epochs": training.epochs,
         "batch_size": int(training.batch_size),
-        "train_size": suite.size("train"), "test_size": suite.size("test"),
+        "train_size": suite.size("train"),
+        "test_size": suite.size("test"),
         "optimizer": f"Adam(learning_rate={training.learning_rate})",
     }
     if data.architecture != "hard":  # logs of hard sharing stay resumable
@@ -182,24 +213,33 @@ def _checked(methods, overrides: MethodOverrides) -> list[str]:
     if methods is None or isinstance(methods, str):
         raise ValueError(f"`methods` must be a list of method names; got {methods!r}.")
     named = {*overrides.method_loss_weights, *overrides.method_balancers}
-    check_methods([m for m in methods if m not in named] or ["ew"])
+    unnamed = [m for m in methods if m not in named]
+    if unnamed or not methods:  # those with their own balancer need no name
+        check_methods(unnamed)
     return [str(m).strip() for m in methods]
 
 
 def _suite(suite, data: SuiteOptions, parts: dict) -> Suite:
     given = sorted(name for name, value in parts.items() if value is not None)
     if suite is not None and given:
-        raise ValueError(f"Give either a suite or your own parts, not both "
-                         f"(suite={suite!r} and {given}).")
+        raise ValueError(
+            f"Give either a suite or your own parts, not both "
+            f"(suite={suite!r} and {given})."
+        )
     if isinstance(suite, Suite):
         return suite
     if suite is not None:
         return suites.load(suite, **dataclasses.asdict(data))
-    missing = [name for name in ("build_model", "train", "test", "losses")
-               if parts[name] is None]
+    missing = [
+        name
+        for name in ("build_model", "train", "test", "losses")
+        if parts[name] is None
+    ]
     if missing:
-        raise ValueError(f"compare() on your own data needs {missing} (or a "
-                         f"suite: one of {list(suites.SUITES)}).")
+        raise ValueError(
+            f"compare() on your own data needs {missing} (or a "
+            f"suite: one of {list(suites.SUITES)})."
+        )
     return suites.from_parts(**parts)
 
 

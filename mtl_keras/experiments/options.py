@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
+from typing import Any
 
 from mtl_keras import balancers
 
@@ -95,7 +96,7 @@ _GROUPS = (TrainOptions, SuiteOptions, RunLog, Hooks, MethodOverrides)
 
 
 def split_options(options: dict, groups: tuple = _GROUPS,
-                  caller: str = "compare()") -> dict[type, object]:
+                  caller: str = "compare()") -> dict[type, Any]:
     """`{group class: instance}` from flat keywords: each keyword goes to the
     group (a dataclass of `groups`) with a field of its name; None for the
     two method dicts counts as empty.
@@ -109,7 +110,7 @@ def split_options(options: dict, groups: tuple = _GROUPS,
     if unknown:
         raise TypeError(f"{caller} got unexpected keyword(s) {unknown}; it takes "
                         f"{sorted(fields)}.")
-    grouped = {group: {} for group in groups}
+    grouped: dict[type, dict[str, Any]] = {group: {} for group in groups}
     for name, value in options.items():
         if name.startswith("method_") and value is None:
             continue

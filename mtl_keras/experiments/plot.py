@@ -27,20 +27,26 @@ def draw(result, path: str | os.PathLike) -> pathlib.Path:
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
-            "Plotting needs matplotlib: pip install 'mtl_keras[plot]'."
+            "Plotting needs matplotlib: pip install matplotlib (or, from a clone of "
+            "mtl_keras, pip install '.[plot]')."
         ) from error
 
     figure = Figure(figsize=(7, 5.5), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    rows = [row for row in result.summaries()
-            if not any(math.isnan(v) for v in row.mean.values())]
+    rows = [
+        row
+        for row in result.summaries()
+        if not any(math.isnan(v) for v in row.mean.values())
+    ]
     if len(result.tasks) == 2:
         _scatter(result, axes, rows)
     else:
         _bars(axes, rows)
-    axes.set_title(f"{result.data_name}: {result.settings.get('epochs', '?')} "
-                   f"epochs, {len(result.seeds())} seed(s)")
+    axes.set_title(
+        f"{result.data_name}: {result.settings.get('epochs', '?')} "
+        f"epochs, {len(result.seeds())} seed(s)"
+    )
     figure.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,15 +70,24 @@ def _scatter(result, axes, rows) -> None:
         y = result.display_value(second, row.mean[second])
         if row.method == SINGLE_TASK:
             axes.axvline(x, linestyle="--", color="gray", linewidth=1)
-            axes.axhline(y, linestyle="--", color="gray", linewidth=1,
-                         label="single-task")
+            axes.axhline(
+                y, linestyle="--", color="gray", linewidth=1, label="single-task"
+            )
             continue
-        axes.errorbar(x, y, xerr=result.display_value(first, row.std[first]),
-                      yerr=result.display_value(second, row.std[second]),
-                      fmt=_MARKERS[index % len(_MARKERS)], color=colors[index],
-                      capsize=3, elinewidth=0.8, alpha=0.8)
-        axes.annotate(row.method, (x, y), textcoords="offset points",
-                      xytext=(4, 4), fontsize=8)
+        axes.errorbar(
+            x,
+            y,
+            xerr=result.display_value(first, row.std[first]),
+            yerr=result.display_value(second, row.std[second]),
+            fmt=_MARKERS[index % len(_MARKERS)],
+            color=colors[index],
+            capsize=3,
+            elinewidth=0.8,
+            alpha=0.8,
+        )
+        axes.annotate(
+            row.method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
     axes.margins(0.1)  # room for the labels of the outermost points
     axes.set_xlabel(result.metric_label(first))
     axes.set_ylabel(result.metric_label(second))

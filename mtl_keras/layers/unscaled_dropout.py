@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
+
+from mtl_keras._typing import Tensor
 
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
@@ -37,7 +40,7 @@ class UnscaledDropout(keras.layers.Layer):
     """
 
     def __init__(self, rate: float, noise_shape: Sequence[int | None] | None = None,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"rate must be in [0, 1), got {rate}.")
@@ -54,7 +57,7 @@ class UnscaledDropout(keras.layers.Layer):
         return tuple(shape[axis] if size is None else size
                      for axis, size in enumerate(self.noise_shape))
 
-    def call(self, inputs, training: bool = False):
+    def call(self, inputs: Tensor, training: bool = False) -> Tensor:
         if not training or self.rate == 0.0:
             return inputs
         draws = keras.random.uniform(self._mask_shape(inputs),
@@ -62,7 +65,7 @@ class UnscaledDropout(keras.layers.Layer):
         mask = keras.ops.cast(draws >= self.rate, inputs.dtype)
         return inputs * mask
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
     def get_config(self) -> dict:

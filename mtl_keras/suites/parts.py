@@ -8,6 +8,7 @@ errors down; see `mtl_keras.scores.DEFAULT_HIGHER_IS_BETTER`), else its loss.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -19,10 +20,10 @@ from mtl_keras.suites.suite import Suite
 
 def from_parts(
     build_model: Callable,
-    train,
-    test,
+    train: Any,
+    test: Any,
     losses: Mapping,
-    metrics=None,
+    metrics: Mapping | None = None,
     headline: Mapping | None = None,
     name: str = "your data",
 ) -> Suite:

@@ -174,8 +174,12 @@ def test_server_shows_task_losses_and_weights_per_epoch(board, balancer):
     tags = server.get("/data/plugin/scalars/tags")
     for split, prefix in (("train", ""), ("validation", "val_")):
         run = f"{balancer}/{split}"
-        for key in ("a_loss", "b_loss", "a_weight", "b_weight", "a_accuracy",
-                    "b_mae"):
+        keys = ["a_loss", "b_loss", "a_accuracy", "b_mae"]
+        if split == "train":
+            keys += ["a_weight", "b_weight"]
+        else:  # the weight a step applied: training only, no flat lines
+            assert not {"epoch_a_weight", "epoch_b_weight"} & set(tags[run])
+        for key in keys:
             assert f"epoch_{key}" in tags[run]
             points = server.get("/data/plugin/scalars/scalars", run=run,
                                 tag=f"epoch_{key}")
@@ -201,9 +205,10 @@ def test_server_layout_charts_match_the_logged_tags(board):
             gradient_chart = title.startswith("Gradient")
             if gradient_chart and balancer != "pcgrad":
                 continue
+            training_only = gradient_chart or title == "Task weights"
             for chart in chart_list:
                 for regex in chart["multiline"]["tag"]:
-                    splits = ["train"] if gradient_chart else ["train", "validation"]
+                    splits = ["train"] if training_only else ["train", "validation"]
                     for split in splits:
                         answer = server.get("/data/plugin/custom_scalars/scalars",
                                             run=f"{balancer}/{split}", tag=regex)
@@ -220,10 +225,10 @@ def test_gradient_groups_only_with_a_gradient_balancer(board):
         pytest.skip("balancer 'pcgrad' is not registered")
     pcgrad_layout, = _written_layouts(root / "pcgrad" / "train")
     assert _tags(pcgrad_layout, "Gradient norms") == [
-        ["^epoch_grad_norm_a$", "^epoch_grad_norm_b$"]]
-    assert _tags(pcgrad_layout, "Gradient cosines") == [["^epoch_grad_cos_a/b$"]]
+        ["^epoch_grad_norm/a$", "^epoch_grad_norm/b$"]]
+    assert _tags(pcgrad_layout, "Gradient cosines") == [["^epoch_grad_cos/a/b$"]]
     events = _events(root / "pcgrad" / "train")
-    for key in ("grad_norm_a", "grad_norm_b", "grad_cos_a/b"):
+    for key in ("grad_norm/a", "grad_norm/b", "grad_cos/a/b"):
         steps = _scalar_steps(events, f"epoch_{key}")
         assert sorted(steps) == list(range(EPOCHS))
         np.testing.assert_allclose([steps[e] for e in range(EPOCHS)],
@@ -296,14 +301,14 @@ def test_config_round_trip():
 
 def test_keys_are_grouped_by_task_hand_case():
     keys = ["loss", "a_loss", "a_b_loss", "a_weight", "a_b_weight", "a_accuracy",
-            "a_b_mae", "grad_norm_a", "grad_norm_a_b", "grad_cos_a/a_b",
+            "a_b_mae", "grad_norm/a", "grad_norm/a_b", "grad_cos/a/a_b",
             "learning_rate", "skipped_steps"]
     assert group_log_keys(["a", "a_b"], keys) == {
         "losses": {"a": "a_loss", "a_b": "a_b_loss"},
         "weights": {"a": "a_weight", "a_b": "a_b_weight"},
         "metrics": {"a": ["a_accuracy"], "a_b": ["a_b_mae"]},
-        "grad_norms": ["grad_norm_a", "grad_norm_a_b"],
-        "grad_cosines": ["grad_cos_a/a_b"],
+        "grad_norms": ["grad_norm/a", "grad_norm/a_b"],
+        "grad_cosines": ["grad_cos/a/a_b"],
     }
 
 

@@ -85,7 +85,7 @@ def test_gramian_and_diagnostics_match_the_task_gradients():
     cosine = jacobian[0] @ jacobian[1] / (norms[0] * norms[1])
     np.testing.assert_allclose(values, [*norms, cosine], rtol=1e-4)
     assert engine.diagnostic_names(["a", "b"]) == [
-        "grad_norm_a", "grad_norm_b", "grad_cos_a/b"]
+        "grad_norm/a", "grad_norm/b", "grad_cos/a/b"]
     # MGDA's weights lie on the simplex.
     np.testing.assert_allclose(np.sum(result.weights), 1.0, rtol=1e-5)
 
@@ -208,10 +208,10 @@ def test_diagnostics_follow_the_names_for_many_tasks():
     values = np.asarray(engine.diagnostics(jacobian @ jacobian.T))
     norms = np.linalg.norm(jacobian, axis=1)
     for name, value in zip(names, values, strict=True):
-        if name.startswith("grad_norm_t"):
+        if name.startswith("grad_norm/t"):
             np.testing.assert_allclose(value, norms[int(name[-1])], rtol=1e-5)
             continue
-        a, b = (int(task[-1]) for task in name[len("grad_cos_"):].split("/"))
+        a, b = (int(task[-1]) for task in name[len("grad_cos/"):].split("/"))
         want = 0.0 if 3 in (a, b) else (
             jacobian[a] @ jacobian[b] / (norms[a] * norms[b]))
         np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-6)

@@ -56,7 +56,7 @@ def test_method_trains_reference_model(name, jit_compile):
     assert history["skipped_steps"] == [0.0] * EPOCHS
     if isinstance(model.balancer, balancers.GradientBalancer):
         for task in model.task_names:
-            assert all(n > 0 for n in history[f"grad_norm_{task}"])
-        cosines = np.ravel([history[f"grad_cos_{a}/{b}"] for a, b in
+            assert all(n > 0 for n in history[f"grad_norm/{task}"])
+        cosines = np.ravel([history[f"grad_cos/{a}/{b}"] for a, b in
                             [("cls", "count"), ("cls", "seg"), ("count", "seg")]])
         assert np.all(np.abs(cosines) <= 1.0)

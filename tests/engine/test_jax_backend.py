@@ -86,7 +86,7 @@ def test_every_balancer_trains_on_jax_with_the_same_logs(jax_results):
                 "skipped_steps"} <= set(keys), (name, keys)
         balancer = mtl_keras.balancers.get(name)
         if isinstance(balancer, mtl_keras.balancers.GradientBalancer):
-            assert {"grad_norm_a", "grad_norm_b"} <= set(keys), (name, keys)
+            assert {"grad_norm/a", "grad_norm/b"} <= set(keys), (name, keys)
 
 
 def test_famo_measures_the_update_on_the_steps_own_forward_pass(jax_results):
@@ -127,7 +127,7 @@ def test_evaluation_and_masked_metrics_on_jax(jax_results):
         "check_evaluation_and_masked_metrics"]
     assert {"val_loss", "val_a_loss", "val_b_loss", "b_accuracy",
             "val_b_accuracy", "balanced_loss"} <= set(keys)
-    assert "val_balanced_loss" not in keys and "val_grad_norm_a" not in keys
+    assert "val_balanced_loss" not in keys and "val_grad_norm/a" not in keys
     np.testing.assert_allclose(val_loss, by_hand, rtol=1e-5)
     assert unchanged
 
@@ -197,11 +197,27 @@ def test_saved_model_export_on_jax(jax_results):
     assert gap < 1e-5 and same_class_ids
 
 
+def test_log_keys_are_keras_model_s_on_jax(jax_results):
+    ours, theirs, extras = jax_results["results"]["check_log_keys_of_named_metrics"]
+    assert extras == ["a_weight", "b_weight", "skipped_steps"]
+    assert set(ours) == set(theirs) | set(extras)
+    assert {"a_hit", "b_hit", "val_a_hit", "val_b_hit"} <= set(ours)
+
+
+def test_retry_after_failed_fit_on_jax(jax_results):
+    error, traced_error, unchanged, loss = jax_results["results"][
+        "check_retry_after_failed_fit"]
+    assert "unknown ['bb'], missing ['b']" in error
+    assert "bb" in traced_error
+    assert unchanged  # the failed fit left the model's values in place
+    assert np.isfinite(loss)
+
+
 def test_task_board_on_jax(jax_results):
     train_tags, categories, validation_tags, steps = jax_results["results"][
         "check_task_board"]
-    assert {"epoch_a_loss", "epoch_b_weight", "epoch_grad_norm_a",
-            "epoch_grad_cos_a/b", "custom_scalars__config__"} <= set(train_tags)
+    assert {"epoch_a_loss", "epoch_b_weight", "epoch_grad_norm/a",
+            "epoch_grad_cos/a/b", "custom_scalars__config__"} <= set(train_tags)
     assert categories == ["Task losses", "Task weights", "Gradient norms",
                           "Gradient cosines"]
     assert {"epoch_a_loss", "epoch_b_loss"} <= set(validation_tags)

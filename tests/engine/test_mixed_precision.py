@@ -94,8 +94,8 @@ def test_mixed_step_is_close_to_the_float32_step(policy, balancer, jit_compile,
         if balancer in ("pcgrad", "mgda_ub"):
             # Norms of the unscaled gradients, from a finite float32 Gramian.
             np.testing.assert_allclose(
-                logs[f"grad_norm_{task}"],
-                want_logs[f"grad_norm_{task}"],
+                logs[f"grad_norm/{task}"],
+                want_logs[f"grad_norm/{task}"],
                 rtol=TOLERANCE[policy],
             )
 
@@ -131,7 +131,7 @@ def test_overflowing_scaled_gradients_never_reach_the_balancer():
     for variable in [*model.weights, *model.balancer.weights]:
         assert np.isfinite(variable.numpy()).all(), variable.path
     for task in ("a", "b"):
-        assert np.isfinite(logs[f"grad_norm_{task}"]).all()
+        assert np.isfinite(logs[f"grad_norm/{task}"]).all()
     changed = [not np.array_equal(b, v.numpy())
                for b, v in zip(before, model.trainable_variables)]
     assert any(changed)

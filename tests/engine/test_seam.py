@@ -163,8 +163,10 @@ def test_one_registry_and_constants_defined_once():
 #: Where the package may still ask which backend runs, and why: the
 #: registry; the import-time check; a Keras workaround below the engine
 #: (`_compat`, TensorFlow's MultiWorkerMirroredStrategy); the in-graph label
-#: check (TensorFlow's Assert).
-BACKEND_QUESTIONS = {"engine/backend.py", "__init__.py", "_compat.py", "task_losses.py"}
+#: check (TensorFlow's Assert); the K×K solves below the engine (JAX's x64
+#: mode in `balancers/solvers.py`).
+BACKEND_QUESTIONS = {"engine/backend.py", "__init__.py", "_compat.py",
+                     "task_losses.py", "balancers/solvers.py"}
 
 
 def test_backend_ifs_sit_behind_the_registry():

@@ -198,11 +198,13 @@ def test_a_seed_makes_the_trial_sequence_reproducible(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"objective": "val_foo"}, "No callback logs the objective 'val_foo'"),
     ({"objective": kt.Objective("val_a_acc", "max")}, "No callback logs"),
-    ({"objective": "val_a_weight"}, "Cannot tell whether .* minimised or maximised"),
+    ({"objective": "a_weight"}, "Cannot tell whether .* minimised or maximised"),
+    # Task weights are training-only: no `val_` form.
+    ({"objective": "val_a_weight"}, "No callback logs the objective 'val_a_weight'"),
     ({"references": {"a": {"accuracy": 0.5}}}, r"without a reference \['b'\]"),
     ({"references": {"a": {"accuracy": 0.5}, "b": {"rmse": 1.0}}},
      r"references\['b'\] scores \['rmse'\]"),
-    ({"balancers": ["static", "nope"]}, r"Unknown balancer\(s\) \['nope'\]"),
+    ({"balancers": ["static", "nope"]}, r"Unknown method 'nope'"),
     ({"weights": "uniform"}, "Unknown weights mode 'uniform'"),
     ({"tuner": "annealing"}, "Unknown tuner 'annealing'"),
 ])

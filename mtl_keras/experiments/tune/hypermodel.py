@@ -4,12 +4,12 @@ method, scored on all tasks at once."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import keras_tuner as kt
 
-from mtl_keras import engine
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras import engine, methods
 from mtl_keras.callbacks import MultiTaskScore
 from mtl_keras.callbacks.multi_task_score import score_name
 from mtl_keras.experiments.method_parts import method_parts
@@ -97,16 +97,18 @@ class MultiTaskHyperModel(kt.HyperModel):
     ```
     """
 
-    def __init__(self, build_model: Callable, losses: Mapping, metrics=None,
-                 references: Mapping | None = None, higher_is_better=None,
-                 seed: int | None = None, name: str | None = None, **options):
+    def __init__(self, build_model: Callable, losses: Mapping,
+                 metrics: Mapping | None = None,
+                 references: Mapping | None = None,
+                 higher_is_better: Mapping | None = None,
+                 seed: int | None = None, name: str | None = None,
+                 **options: Any) -> None:
         super().__init__(name=name)
         if not isinstance(losses, Mapping) or not losses:
-            raise ValueError(
-                f"`losses` must be a dict {{task: loss}}; got {losses!r}."
-            )
-        groups = split_options(options, (SearchSpace, CompileOptions),
-                               "MultiTaskHyperModel")
+            raise ValueError(f"`losses` must be a dict {{task: loss}}; got {losses!r}.")
+        groups = split_options(
+            options, (SearchSpace, CompileOptions), "MultiTaskHyperModel"
+        )
         self.space = groups[SearchSpace].checked()
         self.compile_options = groups[CompileOptions]
         self.build_model = build_model
@@ -136,26 +138,35 @@ class MultiTaskHyperModel(kt.HyperModel):
         """The tuner objective: the `MultiTaskScore` value, minimised."""
         return kt.Objective(score_name(self.references is not None), "min")
 
-    def log_names(self, model=None) -> set[str]:
+    def log_names(self, model: keras.Model | None = None) -> set[str]:
         """The log names a trial's history will have.
 
         Without `model`, those this class knows of: the loss, the per-task
-        losses, weights and compiled metrics (and their `val_` forms), the
-        gradient diagnostics of gradient balancers, and the score. With a
-        compiled `model` (from `build`), also the names of its own metric
-        trackers.
+        losses and compiled metrics (and their `val_` forms), and the
+        training-only extras of `MultiTaskModel.extra_log_names` (task
+        weights, `skipped_steps`, `balanced_loss` and the gradient
+        diagnostics of the balancers searched; no `val_` form), and the
+        score. With a compiled `model` (from `build`), also the names of its
+        own metric trackers.
         """
-        per_task = set()
+        names = {"loss"}
         for task in self.tasks:
-            per_task |= {f"{task}_loss", f"{task}_weight"}
-            per_task |= {f"{task}_{m}" for m in self.metric_names[task]}
-        names = {"loss", *per_task}
-        if any(isinstance(method_parts(b).balancer, GradientBalancer)
+            names.add(f"{task}_loss")
+            names |= {f"{task}_{m}" for m in self.metric_names[task]}
+        names |= {f"val_{n}" for n in names}
+        extras = {f"{task}_weight" for task in self.tasks} | {"skipped_steps"}
+        if self.balancers:
+            extras.add("balanced_loss")
+        if any(methods.get(b).kind == "gradient"
                for b in self.balancers or ()):
-            names |= set(engine.diagnostic_names(self.tasks))
+            extras |= set(engine.diagnostic_names(self.tasks))
         if model is not None:
-            names |= {m.name for m in model.metrics} - {"compile_metrics"}
-        return names | {f"val_{n}" for n in names} | {self.objective.name}
+            extras |= set(model.extra_log_names())
+            own = {m.name for m in model.metrics} - {
+                "compile_metrics", "task_losses", "task_weights",
+                "gradient_diagnostics", *extras}
+            names |= own | {f"val_{n}" for n in own}
+        return names | extras | {self.objective.name}
 
     # ---------------------------------------------------------- search space
 
@@ -180,7 +191,8 @@ class MultiTaskHyperModel(kt.HyperModel):
         )
         return model
 
-    def fit(self, hp: kt.HyperParameters, model, *args, **kwargs):
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any,
+            **kwargs: Any) -> Any:
         """`model.fit` with the score (and the method's) callbacks put first."""
         callbacks = list(kwargs.pop("callbacks", None) or [])
         first = [MultiTaskScore(self.references, self.higher_is_better)]
@@ -207,13 +219,17 @@ class MultiTaskHyperModel(kt.HyperModel):
     def method_config(self, values: Mapping) -> dict:
         """The constructor arguments of the chosen method, from hp values."""
         method = values.get("balancer")
-        return {argument: values[f"{method}_{argument}"]
-                for argument in balancer_space(method)
-                if f"{method}_{argument}" in values}
+        return {
+            argument: values[f"{method}_{argument}"]
+            for argument in balancer_space(method)
+            if f"{method}_{argument}" in values
+        }
 
     def _method_config(self, hp, method: str) -> dict | None:
-        config = {argument: hp.get(f"{method}_{argument}")
-                  for argument in balancer_space(method)}
+        config = {
+            argument: hp.get(f"{method}_{argument}")
+            for argument in balancer_space(method)
+        }
         return config or None
 
     def _declare_method(self, hp) -> str | None:
@@ -254,8 +270,7 @@ class MultiTaskHyperModel(kt.HyperModel):
         default = grid_default(low, high, step)
 
         def declare(name):
-            return hp.Float(name, low, high, step=step, sampling="log",
-                            default=default)
+            return hp.Float(name, low, high, step=step, sampling="log", default=default)
 
         if self.weights == "log_uniform":
             values = {t: declare(f"weight_{t}") for t in self.tasks}
@@ -278,8 +293,10 @@ class MultiTaskHyperModel(kt.HyperModel):
                 "`metrics` must be a dict {task: [metrics]} or a function "
                 f"returning one; got {type(metrics).__name__}."
             )
-        return {task: [clone_metric(m) for m in as_list(task_metrics)]
-                for task, task_metrics in metrics.items()}
+        return {
+            task: [clone_metric(m) for m in as_list(task_metrics)]
+            for task, task_metrics in metrics.items()
+        }
 
     def _make_optimizer(self, hp):
         optimizer = self.compile_options.optimizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -28,15 +29,15 @@ _GROUPS = (SearchSpace, CompileOptions, TunerOptions, FitOptions)
 
 def search(
     build_model: Callable,
-    train_data,
-    validation_data,
+    train_data: Any,
+    validation_data: Any,
     losses: Mapping,
-    metrics=None,
+    metrics: Mapping | None = None,
     references: Mapping | None = None,
-    higher_is_better=None,
-    objective=None,
+    higher_is_better: Mapping | None = None,
+    objective: kt.Objective | str | None = None,
     seed: int | None = None,
-    **options,
+    **options: Any,
 ) -> SearchResult:
     """Searches task weights and balancers with a KerasTuner tuner.
 

@@ -8,25 +8,10 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 
-from mtl_keras import balancers as balancers_lib
-from mtl_keras.experiments.method_parts import method_parts
+from mtl_keras import methods
 
 #: The ways task weights can be searched.
 WEIGHT_MODES = ("log_uniform", "simplex", None)
-
-# Each method's own hyperparameters: {name: {constructor argument: declare}},
-# where `declare(hp, hp_name)` declares it. A constructor that takes
-# `learning_rate` (the learned weights' step size) gets it searched too.
-_METHOD_SPACE: dict[str, dict[str, Callable]] = {
-    "dwa": {"temperature": lambda hp, name: hp.Float(
-        name, 0.5, 5.0, sampling="log", default=2.0)},
-    "gradnorm": {"alpha": lambda hp, name: hp.Float(name, 0.1, 3.0, default=1.5)},
-    "cagrad": {"c": lambda hp, name: hp.Float(name, 0.1, 0.9, default=0.4)},
-    "uw": {"form": lambda hp, name: hp.Choice(
-        name, ["standard", "kendall_keras", "positive"])},
-    "famo": {"gamma": lambda hp, name: hp.Float(
-        name, 1e-4, 1e-2, sampling="log", default=1e-3)},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +24,9 @@ class SearchSpace:
         weight_range: `(low, high)` of the weights (or ratios).
         weight_step: multiplicative step of the weight grid (`10` gives
             0.01, 0.1, 1, 10, 100); None: continuous.
-        balancers: method names to choose from (balancers and `"dwa"`), or
-            None to compile without a balancer.
+        balancers: method names to choose from (`mtl_keras.methods`:
+            balancers and callback methods such as `"dwa"`), or None to
+            compile without a balancer.
     """
 
     weights: str | None = "log_uniform"
@@ -51,9 +37,11 @@ class SearchSpace:
     def checked(self) -> SearchSpace:
         """This space with its values checked and the names normalised."""
         return dataclasses.replace(
-            self, weights=_check_weight_mode(self.weights),
+            self,
+            weights=_check_weight_mode(self.weights),
             weight_range=_check_weight_range(self.weight_range),
-            balancers=_check_methods(self.balancers))
+            balancers=_check_methods(self.balancers),
+        )
 
 
 def simplex_weights(ratios: Sequence[float], tasks: Sequence[str]) -> dict[str, float]:
@@ -72,8 +60,10 @@ def simplex_weights(ratios: Sequence[float], tasks: Sequence[str]) -> dict[str, 
 def balancer_space(name: str) -> dict[str, Callable]:
     """The searched constructor arguments of a method (a balancer or `"dwa"`).
 
-    Returns `{argument: declare(hp, hp_name)}`; the argument names are
-    checked against the constructor of the method's balancer or callback.
+    Returns `{argument: declare(hp, hp_name)}`: the method's own
+    `hyperparameters` (`mtl_keras.methods`), checked against the constructor
+    of its balancer or callback, plus `learning_rate` for a balancer that
+    learns its weights with one.
 
     Example:
 
@@ -81,17 +71,17 @@ def balancer_space(name: str) -> dict[str, Callable]:
     sorted(balancer_space("gradnorm"))  # ["alpha", "learning_rate"]
     ```
     """
-    space = dict(_METHOD_SPACE.get(name, {}))
-    parts = method_parts(name)
-    cls = type(parts.balancer if parts.balancer is not None else parts.callbacks[0])
-    parameters = inspect.signature(cls.__init__).parameters
+    method = methods.get(name)
+    space = dict(method.hyperparameters)
+    cls = method.factory
+    parameters = inspect.signature(cls).parameters
     unknown = sorted(set(space) - set(parameters))
     if unknown:
         raise ValueError(
-            f"The search space of balancer {name!r} names {unknown}, which "
+            f"The search space of method {name!r} names {unknown}, which "
             f"{cls.__name__} does not take (it takes {sorted(parameters)})."
         )
-    if "learning_rate" in parameters and parts.balancer is not None:
+    if "learning_rate" in parameters and method.balancer is not None:
         space["learning_rate"] = _learning_rate_space
     return space
 
@@ -99,7 +89,7 @@ def balancer_space(name: str) -> dict[str, Callable]:
 def is_callback_method(name: str) -> bool:
     """Whether the method trains with callbacks and no balancer (DWA): its
     callbacks set the task weights, so they are not searched."""
-    return method_parts(name).balancer is None
+    return methods.get(name).kind == "callback"
 
 
 def grid_default(low: float, high: float, step: float | None) -> float:
@@ -133,23 +123,19 @@ def _check_weight_range(weight_range) -> tuple[float, float]:
 
 
 def _check_methods(names) -> tuple[str, ...] | None:
-    from mtl_keras.experiments.method_parts import method_names
-
     if names is None:
         return None
     if isinstance(names, str):
         names = [names]
-    known = method_names()
-    normalised = tuple(balancers_lib.normalise_name(n) for n in names)
-    unknown = [n for n, short in zip(names, normalised, strict=True)
-               if short not in known]
-    if unknown:
-        raise ValueError(
-            f"Unknown balancer(s) {unknown} in balancers={list(names)}. Known: "
-            f"{', '.join(known)}."
-        )
-    if not normalised:
+    if not names:
         raise ValueError("`balancers` is empty: give at least one name, or None.")
-    for name in normalised:
+    checked = tuple(methods.normalise(name) for name in names)
+    for name in checked:
+        needs = methods.get(name).required  # unknown names raise here
+        if needs:
+            raise ValueError(
+                f"Method {name!r} needs {', '.join(needs)}, which a search does "
+                "not choose: leave it out of `balancers`."
+            )
         balancer_space(name)
-    return normalised
+    return checked

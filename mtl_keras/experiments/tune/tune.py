@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from mtl_keras import suites
 from mtl_keras.experiments.record import SINGLE_TASK
@@ -18,15 +19,15 @@ def tune(
     suite: Suite | None = None,
     *,
     build_model: Callable | None = None,
-    train=None,
-    validation=None,
+    train: Any = None,
+    validation: Any = None,
     losses: Mapping | None = None,
-    metrics=None,
+    metrics: Mapping | None = None,
     headline: Mapping | None = None,
     references: Mapping | None = None,
     epochs: int = 10,
     seed: int = 0,
-    **options,
+    **options: Any,
 ) -> SearchResult:
     """Searches the task weights and the methods' hyperparameters on your own
     model and data (the parts `mtl_keras.compare.compare` takes), scored by
@@ -120,7 +121,7 @@ def search_shapes(
     batch_size: int = 64,
     seed: int = 0,
     architectures: Sequence[str] | None = None,
-    **options,
+    **options: Any,
 ) -> SearchResult:
     """`search` on the built-in shapes data (cls + seg + count), scale-free
     objective; the job behind `mtl-keras tune`. `architectures` (names from

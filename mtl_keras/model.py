@@ -218,7 +218,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 `"loop"` (K `GradientTape.gradient` calls on a persistent
                 tape, the default, faster in our measurements) or `"pfor"`
                 (the backward pass vectorised over the tasks: pfor on
-                TensorFlow, `jax.vmap` on JAX; works with loss scaling).
+                TensorFlow, `jax.vmap` on JAX; works with loss scaling)
+                or `"gramian"` (TensorFlow, one replica, balancers whose
+                weights depend only on the Gramian: `J Jᵀ` accumulated
+                from the shared layers' inputs and per-task output
+                gradients, J never held, then one backward pass of
+                `Σ w_k L_k`; see docs/guides/gramian_engine.md).
             diagnostics: What a gradient balancer logs from the Gramian:
                 `"all"` (`grad_norm_<task>` and the pairwise cosines
                 `grad_cos_<a>/<b>`), `"norms"` (the norms only), `"none"`,
@@ -250,6 +255,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 f"Unknown balancer {balancer!r}. Available balancers: "
                 f"{', '.join(balancers_lib.available())}."
             )
+        check_jacobian_method(jacobian, self.balancer)
         self.update_schedule = amortise.wrap(self.balancer, update_every)
         if self.balancer is not None:
             self.balancer.build_for_tasks(self.task_names)

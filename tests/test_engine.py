@@ -127,7 +127,7 @@ def test_errors_name_the_fix():
         engine.balanced_gradients(tape, task_losses, shared, heads, "uw")
     with pytest.raises(ValueError, match="representation="):
         engine.balanced_gradients(tape, task_losses, shared, heads, "mgda_ub")
-    with pytest.raises(ValueError, match="'loop' or 'pfor'"):
+    with pytest.raises(ValueError, match="'loop', 'pfor' or 'gramian'"):
         engine.balanced_gradients(tape, task_losses, shared, heads, "mgda",
                                   jacobian="vmap")
 

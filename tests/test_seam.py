@@ -162,7 +162,7 @@ def test_one_registry_and_constants_defined_once():
 
 def test_unknown_jacobian_method_names_the_choices():
     model = tiny_network()
-    with pytest.raises(ValueError, match="'loop' or 'pfor', got 'scan'"):
+    with pytest.raises(ValueError, match="'loop', 'pfor' or 'gramian', got 'scan'"):
         model.compile(optimizer="sgd", loss=LOSSES, balancer="upgrad", jacobian="scan")
 
 

@@ -157,22 +157,44 @@ def guarded_balance(balancer, state, task_losses, blocks, usable,
     zeros and the state unchanged. Loss scales are powers of two, so
     unscaling the Gramian by `loss_scale²` is exact.
     """
-    ones = ops.ones_like(task_losses)
     if isinstance(balancer, JacobianBalancer):
         update, weights, gramian, new_state = _balance_jacobian(
             balancer, state, task_losses, blocks, usable, loss_scale)
     else:
-        gramian = ops.where(usable, gramian_of_blocks(blocks), 0.0) / (
-            loss_scale * loss_scale)
-        weights, new_state = ops.cond(
-            usable,
-            lambda: balancer.stateless_balance(state, task_losses, gramian),
-            lambda: (ones, state))
+        weights, gramian, new_state = guarded_weights(
+            balancer, state, task_losses, gramian_of_blocks(blocks), usable,
+            loss_scale)
         update = combine_rows(ops.where(usable, weights, 0.0), blocks)
     weights = ops.stop_gradient(weights)
     update = [ops.where(usable, u, ops.sum(block, axis=0))
               for u, block in zip(update, blocks)]
     return update, weights, gramian, new_state
+
+
+def guarded_weights(balancer, state, task_losses, scaled_gramian, usable,
+                    loss_scale=1.0):
+    """A `GramianBalancer`'s weights, run only when `usable`: `(weights,
+    gramian, new_state)`, a pure function of the balancer's `state`.
+
+    `scaled_gramian` is the Gramian of the loss-scaled task gradients; the
+    returned one is unscaled (zeros when not `usable`). When not `usable`
+    the weights are ones (so `wᵀJ` is the plain sum of the task gradients)
+    and the state is unchanged. Used by every engine that needs only the
+    Gramian (the loop engine's per-task gradients, the Gramian engine).
+    """
+    gramian = ops.where(usable, scaled_gramian, 0.0) / (loss_scale * loss_scale)
+    weights, new_state = ops.cond(
+        usable,
+        lambda: balancer.stateless_balance(state, task_losses, gramian),
+        lambda: (ops.ones_like(task_losses), state))
+    return ops.stop_gradient(weights), gramian, new_state
+
+
+def tasks_finite_in(gramian):
+    """(K,) booleans: task k's gradient is finite, read from the Gramian's
+    diagonal (a non-finite entry makes its squared norm non-finite; so does
+    a squared norm above float32's range, about 1.8e38)."""
+    return ops.isfinite(ops.diagonal(gramian))
 
 
 def _balance_jacobian(balancer, state, task_losses, blocks, usable, loss_scale):

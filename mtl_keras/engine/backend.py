@@ -1,6 +1,6 @@
 """The seam between the model and the engine, and the one backend registry.
 
-Two declared interfaces, checked by `tests/test_seam.py`:
+Two declared interfaces, checked by `tests/engine/test_seam.py`:
 
 - `EngineModel`: everything the engine may read or call on a model
   (`MultiTaskModel` implements it with public members only).
@@ -25,14 +25,14 @@ BACKEND_MODULES = {
     "jax": "mtl_keras.engine.jax",
 }
 
-#: The Keras backends `mtl_keras` runs on.
 BACKENDS = tuple(BACKEND_MODULES)
+"""The Keras backends `mtl_keras` runs on (`mtl_keras.SUPPORTED_BACKENDS`)."""
 
-#: `compile(jacobian=...)`: "loop" (K backward passes), "pfor" (the
-#: backward pass vectorised over the tasks: pfor on TF, `jax.vmap` on JAX) or
-#: "gramian" (the Gramian engine: `J Jᵀ` from the layers' inputs and output
-#: gradients, J never held; TensorFlow, `GramianBalancer`s only).
 JACOBIAN_METHODS = ("loop", "pfor", "gramian")
+"""`compile(jacobian=...)`: "loop" (K backward passes), "pfor" (the
+backward pass vectorised over the tasks: pfor on TF, `jax.vmap` on JAX) or
+"gramian" (the Gramian engine: `J Jᵀ` from the layers' inputs and output
+gradients, J never held; TensorFlow, `GramianBalancer`s only)."""
 
 
 def check_jacobian_method(method: str, balancer: Any = None) -> str:

@@ -238,8 +238,8 @@ def balanced_gradients(
     per-task gradients over the shared part form J (K×P); the balancer turns
     J (or its Gramian `J Jᵀ`) into task weights w and a shared update (`wᵀJ`,
     or its own update for GradDrop / DB-MTL); the head variables get the
-    gradient of `Σ w_k L_k` with w held constant. This is the function
-    `MultiTaskModel.fit` uses.
+    gradient of `Σ w_k L_k` with w held constant. `MultiTaskModel.fit` runs
+    the same computation (after the checks of `compile`).
 
     Under a `tf.distribute` strategy, call it in replica context with each
     replica's losses divided by the replica count (as Keras' losses are):

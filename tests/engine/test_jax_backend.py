@@ -22,7 +22,7 @@ import mtl_keras
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="JAX not installed (pip install 'jax[cpu]')")
 
-HERE = pathlib.Path(__file__).parent
+HERE = pathlib.Path(__file__).parents[1]  # tests/: the worker scripts
 sys.path.insert(0, str(HERE))
 import _jax_checks as checks  # noqa: E402  (the same models and data)
 
@@ -88,7 +88,7 @@ def test_every_balancer_trains_on_jax_with_the_same_logs(jax_results):
 
 
 def test_famo_measures_the_update_on_the_steps_own_forward_pass(jax_results):
-    # See tests/test_engine.py: logits still, one batch-norm update per step.
+    # See tests/engine/test_engine.py: logits still, one batch-norm update per step.
     assert jax_results["results"]["check_famo_post_step"] == [0.0, 0.0]
 
 

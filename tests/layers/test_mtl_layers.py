@@ -382,7 +382,7 @@ def test_mmoe_mirrored_step_equals_single_device_step(tmp_path):
     update of one device on the whole batch (one process per configuration:
     tensorflow#62790)."""
     out = tmp_path / "weights.npz"
-    here = pathlib.Path(__file__).parent
+    here = pathlib.Path(__file__).parents[1]  # the workers sit in tests/
     result = subprocess.run(
         [sys.executable, str(here / "_mmoe_distributed_worker.py"), "mgda",
          str(out)], capture_output=True, text=True, timeout=300, cwd=here,
@@ -398,7 +398,7 @@ def test_mmoe_mirrored_step_equals_single_device_step(tmp_path):
 
 
 def test_architectures_guide_example_runs(capsys):
-    guide = pathlib.Path(__file__).parents[1] / "docs" / "guides" / "architectures.md"
+    guide = pathlib.Path(__file__).parents[2] / "docs" / "guides" / "architectures.md"
     section = guide.read_text().split("## An MMoE", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
     exec(compile(block, str(guide), "exec"), {})

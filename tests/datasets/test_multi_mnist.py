@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from mtl_keras.datasets import multi_mnist
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _find_mnist_dir():

@@ -9,7 +9,7 @@ import sys
 import pytest
 from _benchmarks import load_benchmark
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "benchmarks" / "vs_torchjd.py"
 
 

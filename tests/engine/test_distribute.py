@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from _tiny import tiny_network
 
-HERE = pathlib.Path(__file__).parent
+HERE = pathlib.Path(__file__).parents[1]  # tests/: the worker scripts
 WORKER = str(HERE / "_distributed_worker.py")
 
 

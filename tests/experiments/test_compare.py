@@ -13,7 +13,7 @@ import pytest
 from mtl_keras import balancers, compare, scores, suites
 from mtl_keras.compare import SINGLE_TASK, CompareResult, RunRecord
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MNIST_DIR = pathlib.Path(
     os.environ.get("MTL_KERAS_MNIST_DIR", REPO_ROOT.parent / "shared/data/mnist"))
 HAS_MNIST = (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from _benchmarks import load_benchmark
 
+pytestmark = pytest.mark.benchmark_script
+
 benchmark = load_benchmark("mmoe_synthetic")
 
 

@@ -7,6 +7,8 @@ import re
 import pytest
 from _benchmarks import load_benchmark
 
+pytestmark = pytest.mark.benchmark_script
+
 many_tasks = load_benchmark("many_tasks")
 
 

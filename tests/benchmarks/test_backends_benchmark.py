@@ -6,7 +6,11 @@ import re
 import subprocess
 import sys
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+import pytest
+
+pytestmark = pytest.mark.benchmark_script
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_backends_benchmark_prints_a_row_per_method_and_update_every():

@@ -18,7 +18,9 @@ from mtl_keras.compare import SINGLE_TASK, RunRecord
 from mtl_keras.datasets import multi_mnist
 from mtl_keras.layers import UnscaledDropout
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.benchmark_script
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MNIST_DIR = pathlib.Path(
     os.environ.get(multi_mnist.ENV_VAR, REPO_ROOT.parent / "shared/data/mnist"))
 needs_mnist = pytest.mark.skipif(

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from _benchmarks import load_benchmark
 
+pytestmark = pytest.mark.benchmark_script
+
 overhead = load_benchmark("overhead")
 
 

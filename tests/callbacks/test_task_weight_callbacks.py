@@ -373,7 +373,7 @@ def test_discovery_finds_the_built_in_rules():
 def _factory(cls):
     assert cls in FACTORIES, (
         f"{cls.__name__} is a TaskWeightCallback without a factory in "
-        "tests/test_task_weight_callbacks.py FACTORIES: add one, so that its "
+        "tests/callbacks/test_task_weight_callbacks.py FACTORIES: add one, so that its "
         "resume is tested.")
     return FACTORIES[cls]
 

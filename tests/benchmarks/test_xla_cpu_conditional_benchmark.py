@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from _benchmarks import load_benchmark
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="JAX not installed")
+pytestmark = [pytest.mark.benchmark_script,
+              pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                 reason="JAX not installed")]
 
 conditional = load_benchmark("xla_cpu_conditional")
 

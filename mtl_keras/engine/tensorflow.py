@@ -266,7 +266,9 @@ def balanced_gradients(
         loss_scale: The dynamic loss scale of a `LossScaleOptimizer`
             (`optimizer.scale_loss(1.0)`), or `None`. The returned gradients
             are then scaled, as that optimizer expects.
-        jacobian: `"loop"` (K backward passes, the default) or `"pfor"`.
+        jacobian: `"loop"` (K backward passes, the default) or `"pfor"`
+            (`"gramian"` needs the layers of a `MultiTaskModel`: it raises
+            here).
 
     Returns:
         A `BalancedGradients(grads, weights, gramian, finite_tasks,

@@ -261,3 +261,26 @@ def test_a_custom_loop_is_told_to_use_the_model():
         engine.balanced_gradients(
             tape, losses, [shared], [], "upgrad", jacobian="gramian"
         )
+
+
+def test_mixed_precision_is_close_to_the_loop_engine():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8, 6)).astype("float32")
+    y = _targets(rng, 8)
+    weights = {}
+    previous = keras.mixed_precision.dtype_policy()
+    try:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+        for method in ("loop", "gramian"):
+            keras.utils.set_random_seed(0)
+            model, _, _ = dense_net(rng)
+            model.compile(
+                optimizer="sgd", loss="mse", balancer="mgda", jacobian=method
+            )
+            history = model.fit(x, y, epochs=1, verbose=0)
+            weights[method] = np.array(
+                [history.history[f"t{k}_weight"][0] for k in range(3)]
+            )
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    np.testing.assert_allclose(weights["gramian"], weights["loop"], rtol=2e-2)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from mtl_keras import engine
+
 
 def variables_by_task(model: keras.Model) -> dict[str, list]:
     """`{output name: trainable variables its value depends on}`.
 
-    On TensorFlow, found by differentiation, so it looks inside layers: a
+    On TensorFlow, found by differentiation (the engine's
+    `Backend.variables_by_task`), so it looks inside layers: a
     gate of `MMoE` that feeds only task k's mixture reaches task k only. A
     variable reaches an output when the output's gradient with respect to it
     is connected (TensorFlow returns `None` otherwise); evaluated once, in
@@ -33,30 +36,8 @@ def variables_by_task(model: keras.Model) -> dict[str, list]:
     reach = mtl_keras.architectures.variables_by_task(model)
     ```
     """
-    if keras.backend.backend() != "tensorflow":
-        return _variables_by_layer_graph(model)
-    import tensorflow as tf
-
-    reach = {}
-
-    def differentiate():
-        inputs = keras.tree.map_structure(
-            lambda t: tf.zeros((2, *t.shape[1:]), t.dtype), model.input)
-        variables = model.trainable_variables
-        with tf.GradientTape(persistent=True) as tape:
-            outputs = _named_outputs(model, model(inputs, training=False))
-            totals = {name: tf.reduce_sum(tf.cast(output, "float32"))
-                      for name, output in outputs.items()}
-        for name, total in totals.items():
-            grads = tape.gradient(total, variables)
-            reach[name] = [v for v, g in zip(variables, grads) if g is not None]
-
-    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
-        # Distributed variables are differentiated in a replica's context.
-        tf.distribute.get_strategy().run(differentiate)
-    else:
-        differentiate()
-    return reach
+    reach = engine.get_backend().variables_by_task(model)
+    return _variables_by_layer_graph(model) if reach is None else reach
 
 
 def _variables_by_layer_graph(model: keras.Model) -> dict[str, list]:

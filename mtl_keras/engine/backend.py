@@ -183,6 +183,11 @@ class Backend(Protocol):
     def step_logs(self, model, logs: dict) -> dict:
         """The step's logs in the form the backend's distribution reduces."""
 
+    def variables_by_task(self, network: keras.Model) -> dict | None:
+        """`{output: variables reaching it}` found by differentiation, or
+        `None` where gradients cannot tell (the caller uses the layer
+        graph; see `mtl_keras.sharing.variables_by_task`)."""
+
 
 def get_backend(name: str | None = None) -> Backend:
     """The registered engine of a Keras backend (default: the current one).

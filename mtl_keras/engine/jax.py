@@ -597,6 +597,12 @@ class JaxBackend:
     balanced_gradients = staticmethod(balanced_gradients)
 
     @staticmethod
+    def variables_by_task(network) -> None:
+        """`None`: a JAX gradient is never `None`, so differentiation cannot
+        tell which variables reach an output (the layer graph does)."""
+        del network
+
+    @staticmethod
     def step_logs(model, logs: dict) -> dict:
         """The logs unchanged: JAX arrays are global."""
         del model

@@ -686,6 +686,38 @@ class TensorFlowTrainer:
         return state
 
 
+def variables_by_task(network: keras.Model) -> dict[str, list]:
+    """`{output name: trainable variables its value depends on}`, found by
+    differentiation (so it looks inside layers): a variable reaches an
+    output when the output's gradient with respect to it is connected
+    (TensorFlow returns `None` otherwise); evaluated once, in inference
+    mode, on a batch of two zero inputs (see
+    `mtl_keras.sharing.variables_by_task`; `network` is any functional
+    `keras.Model`, not only an `EngineModel`)."""
+    reach = {}
+
+    def differentiate():
+        inputs = keras.tree.map_structure(
+            lambda t: tf.zeros((2, *t.shape[1:]), t.dtype), network.input)
+        variables = network.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = network(inputs, training=False)
+            if not isinstance(outputs, dict):
+                outputs = dict(zip(network.output_names, keras.tree.flatten(outputs)))
+            totals = {name: tf.reduce_sum(tf.cast(output, "float32"))
+                      for name, output in outputs.items()}
+        for name, total in totals.items():
+            grads = tape.gradient(total, variables)
+            reach[name] = [v for v, g in zip(variables, grads) if g is not None]
+
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        # Distributed variables are differentiated in a replica's context.
+        tf.distribute.get_strategy().run(differentiate)
+    else:
+        differentiate()
+    return reach
+
+
 def step_logs(model, logs: dict) -> dict:
     """The step's logs as `tf.distribute` reduces them.
 
@@ -706,6 +738,7 @@ class TensorFlowBackend:
     trainer = staticmethod(TensorFlowTrainer)
     replica_mean = staticmethod(replica_mean)
     step_logs = staticmethod(step_logs)
+    variables_by_task = staticmethod(variables_by_task)
     balanced_gradients = staticmethod(balanced_gradients)
 
 

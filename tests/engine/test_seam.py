@@ -160,6 +160,26 @@ def test_one_registry_and_constants_defined_once():
     }
 
 
+#: Where the package may still ask which backend runs, and why: the
+#: registry; the import-time check; a Keras workaround below the engine
+#: (`_compat`, TensorFlow's MultiWorkerMirroredStrategy); the in-graph label
+#: check (TensorFlow's Assert).
+BACKEND_QUESTIONS = {"engine/backend.py", "__init__.py", "_compat.py", "task_losses.py"}
+
+
+def test_backend_ifs_sit_behind_the_registry():
+    asking = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and ast.unparse(node.func) == "keras.backend.backend"
+            ):
+                asking.add(path.relative_to(PACKAGE).as_posix())
+    assert asking <= BACKEND_QUESTIONS, asking - BACKEND_QUESTIONS
+
+
 def test_unknown_jacobian_method_names_the_choices():
     model = tiny_network()
     with pytest.raises(ValueError, match="'loop', 'pfor' or 'gramian', got 'scan'"):

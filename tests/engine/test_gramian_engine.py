@@ -274,9 +274,7 @@ def test_mixed_precision_is_close_to_the_loop_engine():
         for method in ("loop", "gramian"):
             keras.utils.set_random_seed(0)
             model, _, _ = dense_net(rng)
-            model.compile(
-                optimizer="sgd", loss="mse", balancer="mgda", jacobian=method
-            )
+            model.compile(optimizer="sgd", loss="mse", balancer="mgda", jacobian=method)
             history = model.fit(x, y, epochs=1, verbose=0)
             weights[method] = np.array(
                 [history.history[f"t{k}_weight"][0] for k in range(3)]

@@ -32,6 +32,8 @@ from mtl_keras import MultiTaskModel  # noqa: E402
 
 
 def train(balancer, strategy, steps, batch_size=32):
+    # "name@N": the balancer with `compile(update_every=N)`.
+    balancer, _, every = balancer.partition("@")
     with strategy.scope():
         model = tiny_network(keras.Model if balancer == "plain" else MultiTaskModel)
         model.compile(
@@ -41,7 +43,8 @@ def train(balancer, strategy, steps, batch_size=32):
             **(
                 {}
                 if balancer == "plain"
-                else {"balancer": None if balancer == "none" else balancer}
+                else {"balancer": None if balancer == "none" else balancer,
+                      "update_every": int(every) if every else None}
             ),
         )
     x, y = tiny_data(steps * batch_size)

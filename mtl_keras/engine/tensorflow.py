@@ -412,14 +412,25 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
         return step, new_state
 
     if num_replicas() > 1:
+        # Every collective before the conditionals of `UpdateEvery` (none
+        # can run inside one): J and the finite flags, the same for a
+        # refresh and a reuse of the cached weights.
         shared_blocks = jacobian()
+        rows_finite = core.rows_finite(shared_blocks)
+        finite_tasks = core.finite_task_flags(
+            task_losses, True if loss_scaled else rows_finite, replica_mean)
+        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+
+        def balance_shared(state):
+            update, weights, gramian, new_state = core.guarded_balance(
+                balancer, state, global_losses, shared_blocks, usable, scale)
+            return core.SharedStep(update, weights, gramian, finite_tasks,
+                                   usable), new_state
+
         if not amortised:
-            return core.every_step(balancer,
-                                   lambda state: balance(shared_blocks, state))
-        return runner.step(
-            lambda state: balance(shared_blocks, state),
-            lambda weights: _reuse_with_jacobian(
-                shared_blocks, task_losses, weights, loss_scaled))
+            return core.every_step(balancer, balance_shared)
+        return runner.step(balance_shared, lambda weights: (
+            core.combine_rows(weights, shared_blocks), finite_tasks))
 
     if not amortised:
         return core.every_step(balancer, lambda state: balance(jacobian(), state))
@@ -531,12 +542,6 @@ def _reuse_by_backward(tape, recorded, targets, task_losses, weights, scale,
     grads_finite = True if loss_scaled else ops.all(ops.stack(
         [ops.all(ops.isfinite(u)) for u in update]))
     return update, core.finite_task_flags(task_losses, grads_finite)
-
-
-def _reuse_with_jacobian(blocks, task_losses, weights, loss_scaled):
-    grads_finite = True if loss_scaled else core.rows_finite(blocks)
-    return (core.combine_rows(weights, blocks),
-            core.finite_task_flags(task_losses, grads_finite, replica_mean))
 
 
 # ------------------------------------------------------------ the trainer

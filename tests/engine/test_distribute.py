@@ -26,8 +26,10 @@ def _run(args, env=None, timeout=300):
     )
 
 
+# "name@N": with `compile(update_every=N)` (a refresh and a reuse step; the
+# JacobianBalancer DB-MTL runs the reuse inside the conditional).
 MIRRORED = ["none", "uw", "gls", "si", "imtl_l", "rlw", "famo", "mgda", "pcgrad",
-            "upgrad"]
+            "upgrad", "mgda@3", "db_mtl@2"]
 
 
 @pytest.fixture(scope="module")

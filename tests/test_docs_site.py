@@ -19,6 +19,9 @@ import sys
 
 import pytest
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_docs_site")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 GUIDES = ["quickstart", "your_data", "balancers", "architectures", "tensorboard",

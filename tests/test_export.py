@@ -18,6 +18,9 @@ from _tiny import LOSSES, tiny_data, tiny_network
 import mtl_keras
 from mtl_keras import cli, export
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_export")
+
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mtl_keras.__file__)))
 SUBPROCESS_TIMEOUT_S = 300
 

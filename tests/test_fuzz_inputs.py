@@ -18,6 +18,9 @@ from _tiny import LOSSES, tiny_data, tiny_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_fuzz_inputs")
+
 TASKS = ("a", "b")
 BATCH = 8
 X, LABELS = tiny_data(BATCH)

@@ -31,9 +31,13 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(name) is None for name in ("build", "twine")),
-    reason='release tools not installed: pip install -e ".[test]"')
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = [
+    pytest.mark.xdist_group("test_release"),
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(name) is None for name in ("build", "twine")),
+        reason='release tools not installed: pip install -e ".[test]"'),
+]
 
 
 def _version() -> str:

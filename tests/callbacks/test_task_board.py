@@ -30,6 +30,9 @@ import mtl_keras
 from mtl_keras.callbacks import TaskBoard
 from mtl_keras.callbacks.task_board import group_log_keys, task_layout
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_task_board")
+
 EPOCHS = 3
 METRICS = {"a": ["accuracy"], "b": ["mae"]}
 SERVER_TIMEOUT_S = 90

@@ -15,6 +15,9 @@ import tensorflow_datasets as tfds
 
 from mtl_keras.datasets import multi_mnist
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_multi_mnist")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 

@@ -10,6 +10,9 @@ import tensorflow_datasets as tfds
 
 from mtl_keras.datasets import shapes
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_shapes")
+
 
 def _reference_masks(params, image_size):
     """Shape masks `(N, MAX_SHAPES, S, S)` by plain geometry, in float64.

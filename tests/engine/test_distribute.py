@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from _tiny import tiny_network
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_distribute")
+
 HERE = pathlib.Path(__file__).parents[1]  # tests/: the worker scripts
 WORKER = str(HERE / "_distributed_worker.py")
 

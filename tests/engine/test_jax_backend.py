@@ -19,8 +19,10 @@ import pytest
 
 import mtl_keras
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="JAX not installed (pip install 'jax[cpu]')")
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = [pytest.mark.xdist_group("test_jax_backend"),
+              pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                 reason="JAX not installed (pip install 'jax[cpu]')")]
 
 HERE = pathlib.Path(__file__).parents[1]  # tests/: the worker scripts
 sys.path.insert(0, str(HERE))

@@ -13,6 +13,9 @@ import pytest
 from mtl_keras import balancers, compare, scores, suites
 from mtl_keras.compare import SINGLE_TASK, CompareResult, RunRecord
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_compare")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MNIST_DIR = pathlib.Path(
     os.environ.get("MTL_KERAS_MNIST_DIR", REPO_ROOT.parent / "shared/data/mnist"))

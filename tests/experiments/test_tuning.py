@@ -18,6 +18,9 @@ from mtl_keras import cli, tuning
 from mtl_keras.callbacks.dynamic_weight_average import dwa_weights
 from mtl_keras.model import MultiTaskModel
 
+# One worker runs this module: its module-scoped fixture is built once.
+pytestmark = pytest.mark.xdist_group("test_tuning")
+
 METRICS = {"a": ["accuracy"], "b": ["mae"]}
 REFERENCES = {"a": {"accuracy": 0.5}, "b": {"mae": 1.0}}
 

@@ -20,9 +20,13 @@ from mtl_keras.balancers.base import GramianBalancer, JacobianBalancer
 from mtl_keras.engine import backend as backend_lib
 from mtl_keras.engine import gramian as gramian_lib
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="TensorFlow-only engine"
-)
+# One worker runs this module: its module-scoped fixtures are built once.
+pytestmark = [
+    pytest.mark.xdist_group("test_gramian_engine"),
+    pytest.mark.skipif(
+        keras.backend.backend() != "tensorflow", reason="TensorFlow-only engine"
+    ),
+]
 
 TOLERANCE = 1e-5
 

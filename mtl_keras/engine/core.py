@@ -158,14 +158,12 @@ def guarded_balance(balancer, state, task_losses, blocks, usable,
     unscaling the Gramian by `loss_scale²` is exact.
     """
     if isinstance(balancer, JacobianBalancer):
-        update, weights, gramian, new_state = _balance_jacobian(
-            balancer, state, task_losses, blocks, usable, loss_scale)
-    else:
-        weights, gramian, new_state = guarded_weights(
-            balancer, state, task_losses, gramian_of_blocks(blocks), usable,
-            loss_scale)
-        update = combine_rows(ops.where(usable, weights, 0.0), blocks)
-    weights = ops.stop_gradient(weights)
+        return _balance_jacobian(balancer, state, task_losses, blocks, usable,
+                                 loss_scale)
+    weights, gramian, new_state = guarded_weights(
+        balancer, state, task_losses, gramian_of_blocks(blocks), usable,
+        loss_scale)
+    update = combine_rows(ops.where(usable, weights, 0.0), blocks)
     update = [ops.where(usable, u, ops.sum(block, axis=0))
               for u, block in zip(update, blocks)]
     return update, weights, gramian, new_state
@@ -198,15 +196,26 @@ def tasks_finite_in(gramian):
 
 
 def _balance_jacobian(balancer, state, task_losses, blocks, usable, loss_scale):
-    """A `JacobianBalancer` on the assembled J (it needs J itself)."""
-    jacobian = ops.where(usable, ops.concatenate(blocks, axis=1), 0.0) / loss_scale
+    """A `JacobianBalancer` on the assembled J (it needs J itself).
+
+    J is assembled once from the blocks; nothing reads the blocks after
+    (the fallback sum is taken before the conditional), and without loss
+    scaling J is not divided (no second copy)."""
+    raw = ops.concatenate(blocks, axis=1)
+    plain_sum = ops.sum(raw, axis=0)
+    jacobian = ops.where(usable, raw, 0.0)
+    scaled = not (isinstance(loss_scale, (int, float)) and loss_scale == 1)
+    if scaled:
+        jacobian = jacobian / loss_scale
     gramian = gramian_of(jacobian)
     update, weights, new_state = ops.cond(
         usable,
         lambda: balancer.stateless_update(state, task_losses, jacobian, gramian),
-        lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(task_losses), state),
+        lambda: (ops.zeros_like(plain_sum), ops.ones_like(task_losses), state),
     )
-    return split_like(update * loss_scale, blocks), weights, gramian, new_state
+    update = ops.where(usable, update * loss_scale if scaled else update, plain_sum)
+    return (split_like(update, blocks), ops.stop_gradient(weights), gramian,
+            new_state)
 
 
 def split_like(vector, blocks) -> list:

@@ -286,3 +286,15 @@ def test_mixed_precision_is_close_to_the_loop_engine():
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     np.testing.assert_allclose(weights["gramian"], weights["loop"], rtol=2e-2)
+
+
+def test_rep_mode_runs_the_loop_engine():
+    # J over the representation is small: "gramian" takes the same path.
+    finals = {}
+    for method in ("loop", "gramian"):
+        keras.utils.set_random_seed(0)
+        model, x, _ = dense_net(np.random.default_rng(0))
+        model.compile(optimizer="sgd", loss="mse", balancer="mgda_ub", jacobian=method)
+        model.fit(x, _targets(np.random.default_rng(1), 5), epochs=2, verbose=0)
+        finals[method] = np.concatenate([np.ravel(w) for w in model.get_weights()])
+    np.testing.assert_array_equal(finals["gramian"], finals["loop"])

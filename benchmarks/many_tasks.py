@@ -21,6 +21,8 @@ row is `benchmarks/backends.py`'s `EqualWeights` (J, its Gramian and the
 plumbing, no balancing math).
 
     nice -n 5 python benchmarks/many_tasks.py --tasks 2,8,32
+    nice -n 5 python benchmarks/many_tasks.py --tasks 8,32 --methods mgda,upgrad \
+        --jacobian loop,gramian
     python benchmarks/many_tasks.py --tasks 2,9 --width 32 --steps 2 --in-process
 """
 
@@ -81,8 +83,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def build(method: str, num_tasks: int, width: int):
-    """The model of one row, compiled."""
+def build(method: str, num_tasks: int, width: int, jacobian: str = "loop"):
+    """The model of one row, compiled (`jacobian`: the engine of a gradient
+    balancer, see `MultiTaskModel.compile`)."""
     import keras
 
     import mtl_keras
@@ -106,18 +109,19 @@ def build(method: str, num_tasks: int, width: int):
     else:
         balancer = method
     model = mtl_keras.MultiTaskModel(inputs, outputs, shared=hidden)
-    model.compile("sgd", loss="mse", balancer=balancer)
+    model.compile("sgd", loss="mse", balancer=balancer, jacobian=jacobian)
     return model
 
 
-def measure(method: str, num_tasks: int, width: int, steps: int) -> dict:
+def measure(method: str, num_tasks: int, width: int, steps: int,
+            jacobian: str = "loop") -> dict:
     """One row: trace time, per-step time, peak extra memory, log keys."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     rows = steps * BATCH
     x = rng.normal(size=(rows, INPUT_DIM)).astype("float32")
-    model = build(method, num_tasks, width)
+    model = build(method, num_tasks, width, jacobian)
     y = {t: rng.normal(size=(rows, 1)).astype("float32") for t in model.output}
     first_x, first_y = x[:BATCH], {t: v[:BATCH] for t, v in y.items()}
     # Memory is counted from here: trace, compile and training, as a user
@@ -135,18 +139,20 @@ def measure(method: str, num_tasks: int, width: int, steps: int) -> dict:
     step_ms = (time.perf_counter() - start) / steps * 1000
     peak_kb = _memory_kb("VmHWM")
     return {
-        "method": method, "tasks": num_tasks, "trace_s": trace_s,
+        "method": method, "tasks": num_tasks, "jacobian": jacobian,
+        "trace_s": trace_s,
         "step_ms": step_ms, "peak_mb": (peak_kb - before_kb) * 1024 / 1e6,
         "exact_peak": exact_peak, "log_keys": len(history.history),
         "log_names": sorted(history.history),
     }
 
 
-def _run_row(method, num_tasks, width, steps, in_process) -> dict:
+def _run_row(method, num_tasks, width, steps, in_process, jacobian="loop") -> dict:
     if in_process:
-        return measure(method, num_tasks, width, steps)
+        return measure(method, num_tasks, width, steps, jacobian)
     command = [sys.executable, os.path.abspath(__file__), "--row",
-               f"{method}:{num_tasks}", "--width", str(width), "--steps", str(steps)]
+               f"{method}:{num_tasks}:{jacobian}", "--width", str(width),
+               "--steps", str(steps)]
     path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -168,7 +174,11 @@ def extra_memory_cell(row: dict, plain: dict, width: int) -> str:
 
 def table_row(row: dict, plain: dict, width: int) -> str:
     """One markdown line; ratios are to `plain` (same K, same run)."""
-    return (f"| {row['tasks']} | {row['method']} | {row['trace_s']:.1f} | "
+    label = row["method"]
+    jacobian = row.get("jacobian", "loop")
+    if jacobian != "loop" and row["method"] not in ("plain", "mgda_ub"):
+        label = f"{label} ({row['jacobian']})"
+    return (f"| {row['tasks']} | {label} | {row['trace_s']:.1f} | "
             f"{row['trace_s'] / plain['trace_s']:.2f} | {row['step_ms']:.0f} | "
             f"{row['step_ms'] / plain['step_ms']:.2f} | {row['peak_mb']:.0f} | "
             f"{extra_memory_cell(row, plain, width)} | {row['log_keys']} |")
@@ -198,13 +208,17 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=2048,
                         help="trunk width (2048: P ≈ 7.35M)")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--jacobian", default="loop",
+                        help="comma-separated engines of the gradient balancers "
+                             "(loop, pfor, gramian): one row per method and engine")
     parser.add_argument("--in-process", action="store_true",
                         help="one process for all rows (fast; memory less exact)")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.row:
-        method, num_tasks = args.row.split(":")
-        print(json.dumps(measure(method, int(num_tasks), args.width, args.steps)))
+        method, num_tasks, *jacobian = args.row.split(":")
+        print(json.dumps(measure(method, int(num_tasks), args.width, args.steps,
+                                 *jacobian)))
         return 0
     methods = [m for m in args.methods.split(",") if m != "plain"]
     for line in header(args.width, args.steps):
@@ -213,8 +227,12 @@ def main(argv=None) -> int:
         plain = _run_row("plain", num_tasks, args.width, args.steps, args.in_process)
         print(table_row(plain, plain, args.width), flush=True)
         for method in methods:
-            row = _run_row(method, num_tasks, args.width, args.steps, args.in_process)
-            print(table_row(row, plain, args.width), flush=True)
+            engines = (["loop"] if method == "mgda_ub"
+                       else args.jacobian.split(","))
+            for jacobian in engines:
+                row = _run_row(method, num_tasks, args.width, args.steps,
+                               args.in_process, jacobian)
+                print(table_row(row, plain, args.width), flush=True)
     print(f"\nJ (K×P float32) is {jacobian_megabytes(1, args.width):.1f} MB per task. "
           f"Goals: trace ≤ {TRACE_GOAL:g}× plain; peak ≤ {PARAMS_MEMORY_GOAL:g}× J "
           f"(params), ≤ {REP_MEMORY_GOAL_MB:g} MB (rep).")

@@ -240,7 +240,12 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
                 `"loop"` (K `GradientTape.gradient` calls on a persistent
                 tape, the default, faster in our measurements) or `"pfor"`
                 (the backward pass vectorised over the tasks: pfor on
-                TensorFlow, `jax.vmap` on JAX; works with loss scaling).
+                TensorFlow, `jax.vmap` on JAX; works with loss scaling)
+                or `"gramian"` (TensorFlow, one replica, balancers whose
+                weights depend only on the Gramian: `J Jᵀ` accumulated
+                from the shared layers' inputs and per-task output
+                gradients, J never held, then one backward pass of
+                `Σ w_k L_k`; see docs/guides/gramian_engine.md).
             diagnostics: What a gradient balancer logs from the Gramian:
                 `"all"` (`grad_norm/<task>` and the pairwise cosines
                 `grad_cos/<a>/<b>`), `"norms"` (the norms only), `"none"`,
@@ -276,6 +281,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             raise ValueError(
                 f"{balancer!r} is not a balancer; give a method name "
                 "(`mtl_keras.methods.names()`), a Balancer or its config.")
+        check_jacobian_method(jacobian, self.balancer)
         self.update_schedule = amortise.wrap(self.balancer, update_every)
         if self.balancer is not None:
             self.balancer.build_for_tasks(self.task_names)

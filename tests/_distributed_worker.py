@@ -8,6 +8,10 @@ TensorFlow starts once).
 
 `python _distributed_worker.py multiworker BALANCER OUT.npz` (with TF_CONFIG
 set): a few steps under MultiWorkerMirroredStrategy; saves the weights.
+
+`python _distributed_worker.py gramian BALANCER -`: a step of
+`compile(jacobian="gramian")` under MirroredStrategy over 2 logical CPUs;
+prints the error it raises (exit 0), or exits 1 when none is raised.
 """
 
 import os
@@ -19,7 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 mode, balancers, out_path = sys.argv[1:4]
-if mode == "mirrored":
+if mode in ("mirrored", "gramian"):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
@@ -32,7 +36,9 @@ from mtl_keras import MultiTaskModel  # noqa: E402
 
 
 def train(balancer, strategy, steps, batch_size=32):
-    # "name@N": the balancer with `compile(update_every=N)`.
+    # "name@N": the balancer with `compile(update_every=N)`; "name#engine":
+    # with `compile(jacobian=engine)`.
+    balancer, _, jacobian = balancer.partition("#")
     balancer, _, every = balancer.partition("@")
     with strategy.scope():
         model = tiny_network(keras.Model if balancer == "plain" else MultiTaskModel)
@@ -44,7 +50,8 @@ def train(balancer, strategy, steps, batch_size=32):
                 {}
                 if balancer == "plain"
                 else {"balancer": None if balancer == "none" else balancer,
-                      "update_every": int(every) if every else None}
+                      "update_every": int(every) if every else None,
+                      "jacobian": jacobian or "loop"}
             ),
         )
     x, y = tiny_data(steps * batch_size)
@@ -59,6 +66,14 @@ if mode == "mirrored":
         mirrored = train(balancer, mirrored_strategy, steps=2)
         single = train(balancer, tf.distribute.get_strategy(), steps=2)
         np.savez(os.path.join(out_path, f"{balancer}.npz"), *mirrored, *single)
+elif mode == "gramian":
+    try:
+        train(f"{balancers}#gramian",
+              tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), steps=1)
+    except ValueError as error:
+        print(f"error: {error}")
+        sys.exit(0)
+    sys.exit(1)
 else:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     np.savez(out_path, *train(balancers, strategy, steps=3))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.xdist_group("test_docs_site")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 GUIDES = ["quickstart", "your_data", "balancers", "architectures", "tensorboard",
-          "tuning", "serving", "distributed"]
+          "tuning", "serving", "distributed", "gramian_engine"]
 BENCHMARKS = ["multi_mnist", "mmoe_synthetic", "overhead", "vs_torchjd"]
 RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
 _DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python",

@@ -28,16 +28,20 @@ BACKEND_MODULES = {
 BACKENDS = tuple(BACKEND_MODULES)
 """The Keras backends `mtl_keras` runs on (`mtl_keras.SUPPORTED_BACKENDS`)."""
 
-JACOBIAN_METHODS = ("loop", "pfor")
-"""`compile(jacobian=...)`: "loop" (K backward passes) or "pfor" (the
-backward pass vectorised over the tasks: pfor on TF, `jax.vmap` on JAX)."""
+JACOBIAN_METHODS = ("loop", "pfor", "gramian")
+"""`compile(jacobian=...)`: "loop" (K backward passes), "pfor" (the
+backward pass vectorised over the tasks: pfor on TF, `jax.vmap` on JAX) or
+"gramian" (the Gramian engine: `J Jᵀ` from the layers' inputs and output
+gradients, J never held; TensorFlow, `GramianBalancer`s only)."""
 
 
-def check_jacobian_method(method: str) -> str:
-    """Returns `method` if it is one of `JACOBIAN_METHODS`, else raises.
+def check_jacobian_method(method: str, balancer: Any = None) -> str:
+    """Returns `method` if it is one of `JACOBIAN_METHODS` and serves
+    `balancer` on the current backend, else raises.
 
     Args:
         method: How a gradient balancer gets the per-task gradients.
+        balancer: The compiled balancer, or `None` (not checked).
 
     Example:
 
@@ -46,10 +50,21 @@ def check_jacobian_method(method: str) -> str:
     ```
     """
     if method not in JACOBIAN_METHODS:
+        *first, last = map(repr, JACOBIAN_METHODS)
         raise ValueError(
-            f"jacobian must be {' or '.join(map(repr, JACOBIAN_METHODS))}, "
-            f"got {method!r}."
-        )
+            f"jacobian must be {', '.join(first)} or {last}, got {method!r}.")
+    if method == "gramian":
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "jacobian='gramian' (the Gramian engine) is TensorFlow-only "
+                f"for now; on {keras.backend.backend()} compile with "
+                "jacobian='loop' or 'pfor'.")
+        # Imported here: the engine modules import this one.
+        from mtl_keras.balancers.base import JacobianBalancer
+        from mtl_keras.engine.gramian import gramian_needs_loop_error
+
+        if isinstance(balancer, JacobianBalancer):
+            raise gramian_needs_loop_error(balancer)
     return method
 
 
@@ -74,6 +89,7 @@ class EngineModel(Protocol):
     losses: list
     input: Any
     outputs: list
+    layers: list
     distribute_strategy: Any
 
     def __call__(self, *args, **kwargs) -> Any:

@@ -159,34 +159,65 @@ def guarded_balance(balancer, state, task_losses, blocks, usable,
     zeros and the state unchanged. Loss scales are powers of two, so
     unscaling the Gramian by `loss_scale²` is exact.
     """
-    ones = ops.ones_like(task_losses)
     if isinstance(balancer, JacobianBalancer):
-        update, weights, gramian, new_state = _balance_jacobian(
-            balancer, state, task_losses, blocks, usable, loss_scale)
-    else:
-        gramian = ops.where(usable, gramian_of_blocks(blocks), 0.0) / (
-            loss_scale * loss_scale)
-        weights, new_state = ops.cond(
-            usable,
-            lambda: balancer.stateless_balance(state, task_losses, gramian),
-            lambda: (ones, state))
-        update = combine_rows(ops.where(usable, weights, 0.0), blocks)
-    weights = ops.stop_gradient(weights)
+        return _balance_jacobian(balancer, state, task_losses, blocks, usable,
+                                 loss_scale)
+    weights, gramian, new_state = guarded_weights(
+        balancer, state, task_losses, gramian_of_blocks(blocks), usable,
+        loss_scale)
+    update = combine_rows(ops.where(usable, weights, 0.0), blocks)
     update = [ops.where(usable, u, ops.sum(block, axis=0))
               for u, block in zip(update, blocks)]
     return update, weights, gramian, new_state
 
 
+def guarded_weights(balancer, state, task_losses, scaled_gramian, usable,
+                    loss_scale=1.0):
+    """A `GramianBalancer`'s weights, run only when `usable`: `(weights,
+    gramian, new_state)`, a pure function of the balancer's `state`.
+
+    `scaled_gramian` is the Gramian of the loss-scaled task gradients; the
+    returned one is unscaled (zeros when not `usable`). When not `usable`
+    the weights are ones (so `wᵀJ` is the plain sum of the task gradients)
+    and the state is unchanged. Used by every engine that needs only the
+    Gramian (the loop engine's per-task gradients, the Gramian engine).
+    """
+    gramian = ops.where(usable, scaled_gramian, 0.0) / (loss_scale * loss_scale)
+    weights, new_state = ops.cond(
+        usable,
+        lambda: balancer.stateless_balance(state, task_losses, gramian),
+        lambda: (ops.ones_like(task_losses), state))
+    return ops.stop_gradient(weights), gramian, new_state
+
+
+def tasks_finite_in(gramian):
+    """(K,) booleans: task k's gradient is finite, read from the Gramian's
+    diagonal (a non-finite entry makes its squared norm non-finite; so does
+    a squared norm above float32's range, about 1.8e38)."""
+    return ops.isfinite(ops.diagonal(gramian))
+
+
 def _balance_jacobian(balancer, state, task_losses, blocks, usable, loss_scale):
-    """A `JacobianBalancer` on the assembled J (it needs J itself)."""
-    jacobian = ops.where(usable, ops.concatenate(blocks, axis=1), 0.0) / loss_scale
+    """A `JacobianBalancer` on the assembled J (it needs J itself).
+
+    J is assembled once from the blocks; nothing reads the blocks after
+    (the fallback sum is taken before the conditional), and without loss
+    scaling J is not divided (no second copy)."""
+    raw = ops.concatenate(blocks, axis=1)
+    plain_sum = ops.sum(raw, axis=0)
+    jacobian = ops.where(usable, raw, 0.0)
+    scaled = not (isinstance(loss_scale, (int, float)) and loss_scale == 1)
+    if scaled:
+        jacobian = jacobian / loss_scale
     gramian = gramian_of(jacobian)
     update, weights, new_state = ops.cond(
         usable,
         lambda: balancer.stateless_update(state, task_losses, jacobian, gramian),
-        lambda: (ops.zeros_like(jacobian[0]), ops.ones_like(task_losses), state),
+        lambda: (ops.zeros_like(plain_sum), ops.ones_like(task_losses), state),
     )
-    return split_like(update * loss_scale, blocks), weights, gramian, new_state
+    update = ops.where(usable, update * loss_scale if scaled else update, plain_sum)
+    return (split_like(update, blocks), ops.stop_gradient(weights), gramian,
+            new_state)
 
 
 def split_like(vector, blocks) -> list:

@@ -13,8 +13,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from mtl_keras.balancers.base import GradientBalancer
+from mtl_keras.balancers.base import GradientBalancer, GramianBalancer
 from mtl_keras.engine import amortise, core
+from mtl_keras.engine import gramian as gramian_lib
 from mtl_keras.engine.backend import check_jacobian_method
 from mtl_keras.engine.core import BalancedGradients
 
@@ -135,6 +136,81 @@ def jacobian_blocks(tape, task_losses, targets, method: str = "loop",
     return [tf.reshape(block, [num_tasks, -1]) for block in stacked]
 
 
+# J as per-task rows: the loop engine for `GramianBalancer`s keeps the K
+# per-task gradients as they come out of the backward passes (1× J, no
+# stacked copy) and forms the Gramian (and, under several replicas, `wᵀJ`)
+# from them in column chunks: one (K, chunk) stack at a time, each chunk's
+# stack ordered after the previous chunk's product (control dependencies),
+# so that TensorFlow's executor never holds more than one or two of them.
+
+#: J is stacked in about this many column chunks (one at a time).
+CHUNKS_PER_JACOBIAN = 32
+#: The smallest chunk, per task (elements): fewer, larger ops below it.
+MIN_CHUNK = 2**14
+
+
+def task_gradient_rows(tape, task_losses, targets, loss_scale=1.0) -> list:
+    """The K per-task gradients: `rows[k][v]`, the flat float32 gradient of
+    `loss_scale·task_losses[k]` over `targets[v]` (K backward passes, each
+    from its own task's scalar loss). Nothing is stacked."""
+    rows = []
+    for loss in task_losses:
+        grads = tape.gradient(loss, targets,
+                              output_gradients=ops.cast(loss_scale, loss.dtype))
+        rows.append([tf.reshape(tf.cast(g, "float32"), [-1])
+                     for g in _zeros_for_none(grads, targets)])
+    return rows
+
+
+def _column_chunks(rows) -> list:
+    """`[(v, start, size)]`: J's columns in chunks of at most
+    size(J) / `CHUNKS_PER_JACOBIAN` (and at least `MIN_CHUNK`) per task,
+    never across two targets."""
+    sizes = [int(g.shape[0]) for g in rows[0]]
+    chunk = max(MIN_CHUNK, -(-sum(sizes) // CHUNKS_PER_JACOBIAN))
+    return [(v, start, min(chunk, size - start))
+            for v, size in enumerate(sizes) for start in range(0, size, chunk)]
+
+
+def _stacked_chunk(rows, v, start, size, whole):
+    """The (K, size) stack of the K gradients' columns [start, start+size)
+    of target v."""
+    if whole:
+        return tf.stack([row[v] for row in rows])
+    return tf.stack([row[v][start:start + size] for row in rows])
+
+
+def gramian_of_rows(rows):
+    """`J Jᵀ` from the per-task gradients, one column chunk at a time."""
+    num_tasks = len(rows)
+    gramian = tf.zeros((num_tasks, num_tasks), "float32")
+    for v, start, size in _column_chunks(rows):
+        with tf.control_dependencies([gramian]):
+            block = _stacked_chunk(rows, v, start, size,
+                                   size == int(rows[0][v].shape[0]))
+        gramian = gramian + tf.matmul(block, block, transpose_b=True)
+    return gramian
+
+
+def combine_task_rows(weights, rows) -> list:
+    """`wᵀJ` from the per-task gradients: one flat vector per target, one
+    column chunk at a time (the first chunk waits for `weights`)."""
+    pieces = [[] for _ in rows[0]]
+    last = weights
+    weights = weights[None, :]
+    for v, start, size in _column_chunks(rows):
+        with tf.control_dependencies([last]):
+            block = _stacked_chunk(rows, v, start, size,
+                                   size == int(rows[0][v].shape[0]))
+        last = tf.matmul(weights, block)[0]
+        pieces[v].append(last)
+    return [p[0] if len(p) == 1 else tf.concat(p, axis=0) for p in pieces]
+
+
+def _rows_are_static(targets) -> bool:
+    return all(t.shape.is_fully_defined() for t in targets)
+
+
 def task_jacobian(tape, task_losses, targets, method: str = "loop",
                   loss_scale=1.0):
     """The task Jacobian J (K×P) as one matrix (see `jacobian_blocks`)."""
@@ -190,7 +266,9 @@ def balanced_gradients(
         loss_scale: The dynamic loss scale of a `LossScaleOptimizer`
             (`optimizer.scale_loss(1.0)`), or `None`. The returned gradients
             are then scaled, as that optimizer expects.
-        jacobian: `"loop"` (K backward passes, the default) or `"pfor"`.
+        jacobian: `"loop"` (K backward passes, the default) or `"pfor"`
+            (`"gramian"` needs the layers of a `MultiTaskModel`: it raises
+            here).
 
     Returns:
         A `BalancedGradients(grads, weights, gramian, finite_tasks,
@@ -235,6 +313,11 @@ def balanced_gradients(
             "a loss balancer needs no per-task gradients: differentiate "
             "`balancer.total_loss(task_losses)` instead.")
     check_jacobian_method(jacobian)
+    if jacobian == "gramian":
+        raise ValueError(
+            "jacobian='gramian' reads the shared layers' inputs and outputs, "
+            "which a tape alone does not give: train a MultiTaskModel "
+            "compiled with jacobian='gramian', or use jacobian='loop' here.")
     if balancer.mode == "rep" and representation is None:
         raise ValueError(
             f"{type(balancer).__name__}(mode='rep') differentiates with "
@@ -246,9 +329,10 @@ def balanced_gradients(
 
 def _balanced_gradients(tape, task_losses, shared_variables, head_variables,
                         balancer, runner, representation, regularization,
-                        loss_scale, jacobian) -> BalancedGradients:
+                        loss_scale, jacobian, layer_tensors=None) -> BalancedGradients:
     """`balanced_gradients` for a checked balancer and its runner (the
-    balancer or an `UpdateEvery` around it)."""
+    balancer or an `UpdateEvery` around it); `layer_tensors` is the Gramian
+    engine's `(plan, layer inputs, layer outputs)`."""
     recorded = (list(task_losses) if isinstance(task_losses, (list, tuple))
                 else task_losses)
     task_losses = ops.cast(ops.stack(recorded) if isinstance(recorded, list)
@@ -260,10 +344,12 @@ def _balanced_gradients(tape, task_losses, shared_variables, head_variables,
     if representation is None:
         balancer.build_for_jacobian(sum(int(np.prod(v.shape)) for v in targets))
     step = _shared_step(tape, recorded, task_losses, targets, runner, jacobian,
-                        scale, loss_scale is not None)
+                        scale, loss_scale is not None, layer_tensors)
     weights = step.weights
     # J was summed over replicas and optimizer.apply sums again.
-    update = [ops.cast(ops.reshape(piece / num_replicas(), ops.shape(t)), t.dtype)
+    replicas = num_replicas()
+    update = [ops.cast(ops.reshape(piece if replicas == 1 else piece / replicas,
+                                   ops.shape(t)), t.dtype)
               for piece, t in zip(step.update, targets)]
     if representation is not None:
         shared_grads = tape.gradient(targets, list(shared_variables),
@@ -288,7 +374,7 @@ def _balanced_gradients(tape, task_losses, shared_variables, head_variables,
 
 
 def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
-                 loss_scaled: bool) -> core.SharedStep:
+                 loss_scaled: bool, layer_tensors=None) -> core.SharedStep:
     """J, the balancer and the shared update (`runner`: the balancer or an
     `amortise.UpdateEvery` around it).
 
@@ -299,6 +385,15 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
     amortised = isinstance(runner, amortise.UpdateEvery)
     balancer = runner.balancer if amortised else runner
     global_losses = all_reduce_sum(ops.stop_gradient(task_losses))
+    if layer_tensors is not None:
+        return _shared_step_gramian(
+            tape, recorded, task_losses, global_losses, targets, runner,
+            balancer, amortised, scale, loss_scaled, layer_tensors)
+    if (method == "loop" and isinstance(balancer, GramianBalancer)
+            and isinstance(recorded, list) and _rows_are_static(targets)):
+        return _shared_step_from_rows(
+            tape, recorded, task_losses, global_losses, targets, runner,
+            balancer, amortised, scale, loss_scaled)
 
     def jacobian():
         return all_reduce_sum(
@@ -337,17 +432,128 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
         return runner.step(balance_shared, lambda weights: (
             core.combine_rows(weights, shared_blocks), finite_tasks))
 
-    def reuse(weights):
-        grads = weighted_gradient(tape, recorded, targets, weights * scale)
-        update = [tf.reshape(tf.cast(g, "float32"), [-1])
-                  for g in _zeros_for_none(grads, targets)]
-        grads_finite = True if loss_scaled else ops.all(ops.stack(
-            [ops.all(ops.isfinite(u)) for u in update]))
-        return update, core.finite_task_flags(task_losses, grads_finite)
-
     if not amortised:
         return core.every_step(balancer, lambda state: balance(jacobian(), state))
-    return runner.step(lambda state: balance(jacobian(), state), reuse)
+    return runner.step(
+        lambda state: balance(jacobian(), state),
+        lambda weights: _reuse_by_backward(tape, recorded, targets, task_losses,
+                                           weights, scale, loss_scaled))
+
+
+def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
+                           runner, balancer, amortised, scale,
+                           loss_scaled: bool) -> core.SharedStep:
+    """`_shared_step` for a `GramianBalancer` with the loop engine: the K
+    per-task gradients are held once (1× J) and never stacked whole."""
+
+    def rows():
+        return all_reduce_sum(task_gradient_rows(tape, recorded, targets, scale))
+
+    def balance(state, with_update=True):
+        # One replica (see below for several).
+        scaled_gramian = gramian_of_rows(rows())
+        rows_finite = core.tasks_finite_in(scaled_gramian)
+        grads_finite = True if loss_scaled else rows_finite
+        finite_tasks = core.finite_task_flags(task_losses, grads_finite)
+        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        weights, gramian, new_state = core.guarded_weights(
+            balancer, state, global_losses, scaled_gramian, usable, scale)
+        # Not usable: the weights are ones, the update the plain sum.
+        # `wᵀJ = ∇ Σ w_k L_k` is one more backward pass, after which nothing
+        # reads the rows: they are freed once the Gramian is formed, so the
+        # update's backward pass does not add to the peak (measured: 0.13× J
+        # less than `combine_task_rows`, and no slower).
+        update = None
+        if with_update:
+            update, _ = _reuse_by_backward(tape, recorded, targets, task_losses,
+                                           weights, scale, True)
+        return core.SharedStep(update, weights, gramian, finite_tasks,
+                               usable), new_state
+
+    if num_replicas() > 1:
+        # Every collective before the conditionals (none can run inside
+        # one): the rows, their Gramian and the finite flags; the update is
+        # formed from the all-reduced rows.
+        task_rows = rows()
+        scaled_gramian = gramian_of_rows(task_rows)
+        rows_finite = core.tasks_finite_in(scaled_gramian)
+        finite_tasks = core.finite_task_flags(
+            task_losses, True if loss_scaled else rows_finite, replica_mean)
+        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+
+        def balance_shared(state, with_update=True):
+            weights, gramian, new_state = core.guarded_weights(
+                balancer, state, global_losses, scaled_gramian, usable, scale)
+            update = combine_task_rows(weights, task_rows) if with_update else None
+            return core.SharedStep(update, weights, gramian, finite_tasks,
+                                   usable), new_state
+
+        if not amortised:
+            return core.every_step(balancer, balance_shared)
+        # A refresh yields only the weights; the update is formed after.
+        return runner.step(
+            lambda state: balance_shared(state, with_update=False),
+            lambda weights: (combine_task_rows(weights, task_rows), finite_tasks))
+
+    if not amortised:
+        return core.every_step(balancer, balance)
+    # A refresh yields only the weights; the update is one backward pass after.
+    return runner.step(
+        lambda state: balance(state, with_update=False),
+        lambda weights: _reuse_by_backward(tape, recorded, targets, task_losses,
+                                           weights, scale, loss_scaled))
+
+
+def _shared_step_gramian(tape, recorded, task_losses, global_losses, targets,
+                         runner, balancer, amortised, scale, loss_scaled: bool,
+                         layer_tensors) -> core.SharedStep:
+    """`_shared_step` of the Gramian engine (`mtl_keras.engine.gramian`):
+    the weights from `J Jᵀ` accumulated from pieces, then one backward pass
+    of `Σ w_k L_k` for the update. J is never formed."""
+    if num_replicas() > 1:
+        raise ValueError(
+            "jacobian='gramian' runs on one replica for now (the Gramian of "
+            "the global batch needs every replica's activations): compile "
+            "with jacobian='loop' under a tf.distribute strategy with "
+            f"{num_replicas()} replicas.")
+    plan, layer_inputs, layer_outputs = layer_tensors
+
+    def weights_of(state):
+        scaled_gramian = gramian_lib.gramian(
+            plan, layer_inputs, layer_outputs, tape, recorded, scale,
+            gramian_of_rows)
+        rows_finite = core.tasks_finite_in(scaled_gramian)
+        grads_finite = True if loss_scaled else rows_finite
+        finite_tasks = core.finite_task_flags(task_losses, grads_finite)
+        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        weights, gramian, new_state = core.guarded_weights(
+            balancer, state, global_losses, scaled_gramian, usable, scale)
+        return core.SharedStep(None, weights, gramian, finite_tasks,
+                               usable), new_state
+
+    def reuse(weights):
+        return _reuse_by_backward(tape, recorded, targets, task_losses,
+                                  weights, scale, loss_scaled)
+
+    if amortised:
+        return runner.step(weights_of, reuse)
+    step = core.every_step(balancer, weights_of)
+    # Not usable: the weights are ones, the update the plain sum.
+    update, reuse_finite = reuse(step.weights)
+    return step._replace(update=update, finite_tasks=ops.logical_and(
+        step.finite_tasks, reuse_finite))
+
+
+def _reuse_by_backward(tape, recorded, targets, task_losses, weights, scale,
+                       loss_scaled):
+    """`(update, finite_tasks)`: the update `∇ Σ w_k L_k` over `targets`,
+    one backward pass."""
+    grads = weighted_gradient(tape, recorded, targets, weights * scale)
+    update = [tf.reshape(tf.cast(g, "float32"), [-1])
+              for g in _zeros_for_none(grads, targets)]
+    grads_finite = True if loss_scaled else ops.all(ops.stack(
+        [ops.all(ops.isfinite(u)) for u in update]))
+    return update, core.finite_task_flags(task_losses, grads_finite)
 
 
 # ------------------------------------------------------------ the trainer
@@ -415,10 +621,18 @@ class TensorFlowTrainer:
         model = self.model
         rep_mode = model.balancer.mode == "rep"
         representation = None
+        method = model.jacobian_method
+        layer_tensors = None
         with tf.GradientTape(persistent=True) as tape:
             if rep_mode:
                 y_pred, representation = model.representation_model()(
                     x, training=True)
+                # J over the representation is small: the loop engine.
+                method = "loop" if method == "gramian" else method
+            elif method == "gramian":
+                plan = gramian_lib.plan_for(model)
+                y_pred, inputs, outputs = gramian_lib.forward(model, plan, x)
+                layer_tensors = (plan, inputs, outputs)
             else:
                 y_pred = model(x, training=True)
             losses = model.compute_task_loss_list(y, y_pred, sample_weight)
@@ -431,10 +645,10 @@ class TensorFlowTrainer:
                               if model.losses else None)
         # Checked at compile: the balancer, its runner and the method.
         result = _balanced_gradients(
-            tape, recorded if model.jacobian_method == "loop" else weighted,
+            tape, weighted if method == "pfor" else recorded,
             model.shared_variables, model.head_variables, model.balancer,
             model.update_schedule or model.balancer, representation,
-            regularization, self.loss_scale(), model.jacobian_method)
+            regularization, self.loss_scale(), method, layer_tensors)
         del tape
         by_id = {id(v): g for v, g in zip(
             model.shared_variables + model.head_variables, result.grads)}

@@ -35,3 +35,13 @@ def test_tiny_run_prints_one_row_per_method_and_linear_log_keys(capsys):
     assert keys[(9, "mgda")] == 3 + 3 * 9
     plain_ratios = [r[3].strip() for r in rows if r[1].strip() == "plain"]
     assert plain_ratios == ["1.00", "1.00"]
+
+
+def test_one_row_per_method_and_engine(capsys):
+    many_tasks.main(["--tasks", "3", "--methods", "mgda,mgda_ub", "--width", "8",
+                     "--steps", "1", "--in-process", "--jacobian", "loop,gramian"])
+    lines = capsys.readouterr().out.splitlines()
+    methods = [line.split("|")[2].strip() for line in lines
+               if re.match(r"\| \d+ \|", line)]
+    # mgda_ub (mode="rep") takes J over the representation: one row.
+    assert methods == ["plain", "mgda", "mgda (gramian)", "mgda_ub"]

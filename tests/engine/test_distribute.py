@@ -53,6 +53,13 @@ def test_mirrored_step_equals_single_device_step(mirrored_weights, balancer):
         np.testing.assert_allclose(mirrored, single, rtol=1e-5, atol=1e-6)
 
 
+def test_the_gramian_engine_says_it_runs_on_one_replica():
+    result = _run(["gramian", "upgrad", "-"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "jacobian='gramian' runs on one replica" in result.stdout
+    assert "jacobian='loop'" in result.stdout
+
+
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for sock in sockets:

@@ -184,7 +184,7 @@ def test_backend_ifs_sit_behind_the_registry():
 
 def test_unknown_jacobian_method_names_the_choices():
     model = tiny_network()
-    with pytest.raises(ValueError, match="'loop' or 'pfor', got 'scan'"):
+    with pytest.raises(ValueError, match="'loop', 'pfor' or 'gramian', got 'scan'"):
         model.compile(optimizer="sgd", loss=LOSSES, balancer="upgrad", jacobian="scan")
 
 

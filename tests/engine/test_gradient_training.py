@@ -4,14 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from mtl_keras import architectures, balancers
+from mtl_keras import architectures, balancers, methods
 from mtl_keras.datasets import shapes
 from mtl_keras.demo import SHAPES_LOSSES
 
 GRADIENT_METHODS = sorted(
-    name for name in balancers.available()
-    if isinstance(balancers.get(name), balancers.GradientBalancer)
-)
+    method.name for method in methods.all_methods() if method.kind == "gradient")
 TRAINED_METHODS = [*GRADIENT_METHODS, "famo"]
 
 # An XLA compile of the reference model's gradient step takes 15-60 s on 2

@@ -174,7 +174,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         return sharing.shared_variables(self)
 
     @property
-    def shared_tensors(self):
+    def shared_tensors(self) -> list | None:
         """The shared representation tensor(s) given as `shared=`, or `None`."""
         return self._shared_tensor
 
@@ -542,7 +542,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
     def _weighted_total(self, weighted_losses):
         return ops.sum(weighted_losses) + self.regularization_loss()
 
-    def balanced_total(self, weighted_losses):
+    def balanced_total(self, weighted_losses: Tensor) -> tuple:
         """`(total, balance)` for the task-weighted losses and the balancer.
 
         An engine hook: a loss balancer's objective and the weights behind
@@ -555,7 +555,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return self.balancer.combine(weighted_losses)
         return ops.sum(weighted_losses), ops.ones_like(weighted_losses)
 
-    def regularization_loss(self):
+    def regularization_loss(self) -> Tensor:
         """The sum of the model's `losses` (regularizers), a float32 scalar
         (0 without any). An engine hook."""
         if not self.losses:
@@ -585,7 +585,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
             return self._trainer.test_step(*args)
         return self._backend.step_logs(self, self.record_test_step(args[0]))
 
-    def record_test_step(self, data) -> dict:
+    def record_test_step(self, data: Any) -> dict:
         """Evaluates one batch and updates the trackers and metrics: the
         logs. An engine hook (JAX runs it statelessly)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -625,7 +625,9 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         step = self._trainer.train_step(x, y, sample_weight)
         return self.record_train_step(x, y, sample_weight, step)
 
-    def record_train_step(self, x, y, sample_weight, step):
+    def record_train_step(
+        self, x: Any, y: Any, sample_weight: Any, step: Any
+    ) -> dict:
         """The bookkeeping of a step: skipped-step flags, loss trackers,
         gradient diagnostics and metrics; returns the logs. An engine hook:
         `step` is the backend's `mtl_keras.engine.TrainStep`."""

@@ -114,7 +114,7 @@ class TaskWeights(keras.layers.Layer):
         values = ops.convert_to_numpy(self.values)
         return {task: float(v) for task, v in zip(self.task_names, values)}
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Any) -> None:
         legacy = self.legacy_variables
         if legacy is not None and len(store.keys()) == 1 + len(legacy):
             # A file saved by mtl_keras 0.2.0, when this layer also held the

@@ -87,7 +87,7 @@ class Balancer(keras.layers.Layer):
         """Creates the balancer's weights. Default: stateless."""
         del num_tasks
 
-    def ensure_built(self, task_losses) -> None:
+    def ensure_built(self, task_losses: Tensor) -> None:
         """Builds the balancer for `len(task_losses)` unnamed tasks, unless
         it is built (the engine calls it before a first step)."""
         if not self.built:
@@ -317,7 +317,7 @@ class GradientBalancer(Balancer):
                 DeprecationWarning, stacklevel=2)
         #: The cache of a file saved before `UpdateEvery` (see
         #: `_without_legacy_state`), handed over to it on load.
-        self.legacy_update_every_state = None
+        self.legacy_update_every_state: tuple | None = None
 
     def _without_legacy_state(self, store, num_variables: int):
         # Files saved before `UpdateEvery` hold its cache (the cached

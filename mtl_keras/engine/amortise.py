@@ -10,6 +10,8 @@ and its own state; the countdown and the cached weights live here.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -59,7 +61,11 @@ class UpdateEvery(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, balancer, every: int = 1, name: str | None = None, **kwargs):
+    built: bool  # keras.layers.Layer's, declared for type checkers
+
+    def __init__(
+        self, balancer: Any, every: int = 1, name: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         balancer = balancers_lib.get(balancer)
         if not isinstance(balancer, GradientBalancer):
@@ -71,15 +77,15 @@ class UpdateEvery(keras.layers.Layer):
         # Untracked: the method's own state is saved by the balancer's owner.
         object.__setattr__(self, "balancer", balancer)
         self.every = check_update_every(every)
-        self.cached_weights = None
-        self.steps_to_refresh = None
+        self.cached_weights: Any = None
+        self.steps_to_refresh: Any = None
 
     @property
     def mode(self) -> str:
         """The wrapped balancer's mode ("params" or "rep")."""
         return self.balancer.mode
 
-    def build_for_tasks(self, task_names) -> None:
+    def build_for_tasks(self, task_names: Sequence[str]) -> None:
         """Builds the balancer and, with `every > 1`, the cache: the weights
         of the last refresh and the steps left until the next one."""
         self.balancer.build_for_tasks(task_names)
@@ -104,10 +110,10 @@ class UpdateEvery(keras.layers.Layer):
             )
         self.built = True
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         self.built = True
 
-    def ensure_built(self, task_losses) -> None:
+    def ensure_built(self, task_losses: Any) -> None:
         """Builds the balancer (for unnamed tasks) and the cache."""
         self.balancer.ensure_built(task_losses)
         self.build_for_tasks(self.balancer.task_names)
@@ -118,7 +124,7 @@ class UpdateEvery(keras.layers.Layer):
             self.non_trainable_variables
         )
 
-    def step(self, refresh, reuse) -> SharedStep:
+    def step(self, refresh: Callable, reuse: Callable) -> SharedStep:
         """The shared step, with the weights recomputed every `every` steps.
 
         Args:
@@ -164,7 +170,7 @@ class UpdateEvery(keras.layers.Layer):
         )
         return step
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Any) -> None:
         if not store.keys() and self.every > 1:
             # A file saved before `UpdateEvery` existed: the cache was saved
             # with the balancer, which hands it over on load.
@@ -183,7 +189,7 @@ class UpdateEvery(keras.layers.Layer):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> UpdateEvery:
         config = dict(config)
         config["balancer"] = balancers_lib.get(config["balancer"])
         return cls(**config)

@@ -114,19 +114,21 @@ class EngineModel(Protocol):
     def representation_model(self) -> keras.Model:
         """A model over the same layers: `x -> [outputs, representation]`."""
 
-    def compute_task_loss_list(self, y, y_pred, sample_weight=None) -> list:
+    def compute_task_loss_list(
+        self, y: Any, y_pred: Any, sample_weight: Any = None
+    ) -> list:
         """The K unweighted task losses (scalars): the one task-loss hook."""
 
-    def balanced_total(self, weighted_losses) -> tuple:
+    def balanced_total(self, weighted_losses: Any) -> tuple:
         """`(total, balance)`: a loss balancer's objective and its weights."""
 
     def regularization_loss(self) -> Any:
         """The sum of the model's `losses` (float32 scalar)."""
 
-    def record_train_step(self, x, y, sample_weight, step) -> dict:
+    def record_train_step(self, x: Any, y: Any, sample_weight: Any, step: Any) -> dict:
         """The step's bookkeeping (trackers, diagnostics, metrics): logs."""
 
-    def record_test_step(self, data) -> dict:
+    def record_test_step(self, data: Any) -> dict:
         """One evaluation batch: its logs."""
 
 
@@ -177,10 +179,10 @@ class Backend(Protocol):
         """The train/test step of this backend for `model` (its
         `train_step` runs `mtl_keras.engine.core.train_step`)."""
 
-    def replica_mean(self, value) -> Any:
+    def replica_mean(self, value: Any) -> Any:
         """The mean of `value` over the replicas in sync."""
 
-    def step_logs(self, model, logs: dict) -> dict:
+    def step_logs(self, model: Any, logs: dict) -> dict:
         """The step's logs in the form the backend's distribution reduces."""
 
     def values_guard(self) -> keras.callbacks.Callback | None:

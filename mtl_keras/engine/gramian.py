@@ -37,6 +37,7 @@ TensorFlow only, one replica, for now.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -239,7 +240,7 @@ def _patches(layer, x):
     return tf.reshape(patches, [-1, patches.shape[-1]])
 
 
-def layer_factors(layer, x, y, deltas):
+def layer_factors(layer: Any, x: Any, y: Any, deltas: Any) -> tuple[Any, Any]:
     """`(X (N, I), Δ (K, N, O))` with `g_k = Xᵀ Δ_k` (up to the order of the
     kernel's entries), or for an `Embedding` `(ids (N,), Δ)`."""
     num_tasks = len(deltas)
@@ -370,5 +371,8 @@ def gramian(
             vocabulary = (
                 layer.input_dim if type(layer) is keras.layers.Embedding else None
             )
-            total = total + factored_gramian(*factors, vocabulary=vocabulary)
+            layer_inputs, layer_deltas = factors
+            total = total + factored_gramian(
+                layer_inputs, layer_deltas, vocabulary=vocabulary
+            )
     return total

@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
 
-from mtl_keras import balancers
+from mtl_keras import balancers, methods
 from mtl_keras.balancers.base import GramianBalancer
 
 TOLERANCE = 1e-5
@@ -275,11 +275,12 @@ REFERENCES = {
 
 
 def gramian_names() -> list[str]:
-    """Every registered name or alias whose balancer is a GramianBalancer."""
+    """Every method (`mtl_keras.methods`) whose balancer is a GramianBalancer,
+    presets such as `mgda_ub` included."""
     return [
-        name
-        for name in balancers.available()
-        if isinstance(balancers.get(name), GramianBalancer)
+        method.name
+        for method in methods.all_methods()
+        if method.balancer is not None and issubclass(method.balancer, GramianBalancer)
     ]
 
 

@@ -150,7 +150,7 @@ def test_registry_resolves_names_aliases_and_configs():
     config = {"class_name": "mgda-ub", "config": {"normalization": "l2"}}
     aliased = balancers.get(config)
     assert (aliased.mode, aliased.normalization) == ("rep", "l2")
-    with pytest.raises(ValueError, match="Available balancers: .*gls"):
+    with pytest.raises(ValueError, match="Valid names: .*gls"):
         balancers.get("gradient-surgery")
     with pytest.raises(TypeError):
         balancers.get(3)

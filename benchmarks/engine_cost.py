@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import pstats
+import re
 import shlex
 import statistics
 import subprocess
@@ -52,7 +53,8 @@ ROOT = many_tasks.ROOT
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 LOG = os.path.join(RESULTS, "engine_cost_runs.jsonl")
 OUTPUT = os.path.join(RESULTS, "engine_cost.md")
-NOTES = os.path.join(RESULTS, "engine_cost_notes.md")
+NOTES = os.path.join(RESULTS, "engine_cost_notes.txt")
+TITLE = "Engine cost: plain Keras, the loop engine, the Gramian engine, rep mode"
 DEFAULT_COMMAND = "nice -n 5 python benchmarks/engine_cost.py"
 
 #: row name -> (label, method, compile keyword arguments).
@@ -205,6 +207,8 @@ def measure(spec: dict) -> dict:
     }
 
 
+SPEC_KEYS = ("backend", "net", "tasks", "row", "width", "image_size", "batch",
+             "steps", "skip", "profile")  # fmt: skip
 #: Where the profile of a first `fit` looks (paths inside the packages).
 PROFILED = (
     "mtl_keras/",
@@ -293,7 +297,15 @@ def _in_subprocess(spec: dict, timeout: float) -> dict:
         }
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        tail = (
+            [
+                line
+                for line in done.stderr.strip().splitlines()
+                if re.match(r"[\w.]+(Error|Exception)\b", line)
+            ][-1:]
+            or done.stderr.strip().splitlines()[-1:]
+            or ["no output"]
+        )
         return {
             **spec,
             "key": row_key(spec),
@@ -374,9 +386,10 @@ def append(path: str, record: dict) -> None:
 
 
 def _net_label(spec: dict) -> str:
+    profiled = " (cProfile)" if spec.get("profile") else ""
     if spec["net"] == "mlp":
-        return f"MLP w={spec['width']}"
-    return f"{BACKBONES[spec['net']]} {spec['image_size']}²"
+        return f"MLP w={spec['width']}{profiled}"
+    return f"{BACKBONES[spec['net']]} {spec['image_size']}²{profiled}"
 
 
 def table(specs: list[dict], rows: dict, row_names=MAIN_ROWS) -> list[str]:
@@ -388,13 +401,10 @@ def table(specs: list[dict], rows: dict, row_names=MAIN_ROWS) -> list[str]:
     ]
     groups = []
     for spec in specs:
-        group = (spec["backend"], spec["net"], spec["tasks"])
-        if group not in groups:
-            groups.append(group)
+        if _group(spec) not in groups:
+            groups.append(_group(spec))
     for group in groups:
-        members = {
-            s["row"]: s for s in specs if (s["backend"], s["net"], s["tasks"]) == group
-        }
+        members = {s["row"]: s for s in specs if _group(s) == group}
         names = [r for r in row_names if r in members]
         if not names:
             continue
@@ -406,8 +416,25 @@ def table(specs: list[dict], rows: dict, row_names=MAIN_ROWS) -> list[str]:
     return lines
 
 
+def _group(spec: dict) -> tuple:
+    """The rows that share a plain row: same backend, net, K, settings."""
+    return tuple(
+        spec[k]
+        for k in (
+            "backend",
+            "net",
+            "tasks",
+            "width",
+            "image_size",
+            "batch",
+            "steps",
+            "profile",
+        )
+    )
+
+
 def _line(group, name, spec, record, plain) -> str:
-    backend, net, num_tasks = group
+    backend, _, num_tasks = group[:3]
     label = ROWS[name][0]
     net_label = _net_label(spec)
     if spec["skip"]:  # the Gramian engine off TensorFlow
@@ -453,20 +480,37 @@ def machine() -> str:
 
 
 def render(
-    specs: list[dict], rows: dict, command: str, notes: str | None = None
+    specs: list[dict],
+    rows: dict,
+    command: str,
+    notes: str | None = None,
+    log_name: str = os.path.basename(LOG),
+    title: str = TITLE,
 ) -> str:
-    """The results file: provenance, the table, what is missing."""
+    """The results file: provenance, the table, what is missing (the rows
+    of `specs` not in `rows`); the rows of other commands in the log
+    follow in the table."""
     runnable = [s for s in specs if not s["skip"]]
+    planned = {row_key(s) for s in specs}
+    specs = specs + [
+        {k: record[k] for k in SPEC_KEYS if k in record}
+        for key, record in rows.items()
+        if key not in planned and "error" not in record
+    ]
     done = [
         rows[row_key(s)]
         for s in runnable
         if row_key(s) in rows and "error" not in rows[row_key(s)]
     ]
-    missing = len(runnable) - len(done)
-    lines = [
-        "# Engine cost: plain Keras, the loop engine, the Gramian engine, rep mode",
-        "",
-    ]
+    failed = [s for s in runnable if "error" in rows.get(row_key(s), {})]
+    missing = len(runnable) - len(done) - len(failed)
+    lines = [f"# {title}", ""]
+    if failed:
+        lines += [
+            f"**{len(failed)} row(s) failed** (the error is in the row); rerunning "
+            "the command below retries them.",
+            "",
+        ]
     if missing:
         lines += [
             f"**PARTIAL: {len(done)} of {len(runnable)} rows.** Complete it with "
@@ -480,7 +524,7 @@ def render(
     else:
         lines += [
             "Command (each row in a fresh subprocess; rerunning it skips the "
-            "rows already in `engine_cost_runs.jsonl`):",
+            f"rows already in `{log_name}`):",
             "",
             "```bash",
             command,
@@ -575,7 +619,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log", default=LOG, help="the JSON-lines log")
     parser.add_argument("--output", default=OUTPUT, help="the Markdown table")
     parser.add_argument(
-        "--notes", default=NOTES, help="Markdown appended to the table, if it exists"
+        "--notes",
+        default=NOTES,
+        help="a Markdown file appended to the table, if it exists",
     )
     parser.add_argument(
         "--row-timeout",
@@ -594,6 +640,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="profile each row's first fit (cProfile: slower, its own rows)",
     )
+    parser.add_argument("--title", default=TITLE, help="the results file's title")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument(
         "--in-process",
@@ -611,7 +658,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure(json.loads(args.row))))
         return 0
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join([DEFAULT_COMMAND, *map(shlex.quote, argv)])
+    command = " ".join([DEFAULT_COMMAND, *map(shlex.quote, _shown(argv))])
     specs = plan(args)
     started = time.monotonic()
     if not args.render_only:
@@ -647,9 +694,26 @@ def main(argv=None) -> int:
     return 0
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """`argv` without what does not change the rows (`--render-only`,
+    `--max-minutes N`): the command that runs or completes the table."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip or arg == "--render-only" or arg.startswith("--max-minutes="):
+            skip = False
+            continue
+        if arg == "--max-minutes":
+            skip = True
+            continue
+        shown.append(arg)
+    return shown
+
+
 def _write(args, specs, command) -> str:
     rows, _ = read_log(args.log)
-    text = render(specs, rows, command, args.notes)
+    text = render(
+        specs, rows, command, args.notes, os.path.basename(args.log), args.title
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as output:
         output.write(text)

@@ -46,6 +46,8 @@ def test_tiny_run_renders_one_table_and_resumes(tmp_path):
     args += ["--in-process"]
     engine_cost.main(args)
     header, rows = table_rows(output.read_text())
+    first_rows = [line for line in output.read_text().splitlines()[1:]
+                  if line.startswith("| ")][1:]  # fmt: skip
     assert header == COLUMNS
     assert [row[4] for row in rows] == [
         "plain keras.Model (loss_weights)",
@@ -83,6 +85,17 @@ def test_tiny_run_renders_one_table_and_resumes(tmp_path):
     assert [r for r in again if r.get("kind") != "run"] == records
     assert sum(r.get("kind") == "run" for r in again) == 2
 
+    # Another command on the same log: its rows are PARTIAL, the logged
+    # rows follow in its table.
+    other = [arg if arg != "2" else "3" for arg in args if arg != "--in-process"]
+    engine_cost.main([*other, "--render-only"])
+    text = output.read_text()
+    assert f"**PARTIAL: 0 of {len(records)} rows.**" in text
+    _, rows = table_rows(text)
+    assert [row[2] for row in rows] == ["3"] * 4 + ["2"] * len(records)
+    logged = [cells(line)[5] for line in first_rows if "TensorFlow only" not in line]
+    assert [row[5] for row in rows[4:]] == logged
+
 
 def test_rows_not_run_are_partial_and_gramian_is_tensorflow_only(tmp_path):
     log, output = tmp_path / "runs.jsonl", tmp_path / "table.md"
@@ -112,3 +125,14 @@ def test_a_failed_row_is_retried_and_a_success_wins(tmp_path):
     engine_cost.append(str(log), {"key": key, "error": "timed out"})
     rows, _ = engine_cost.read_log(str(log))
     assert rows[key] == {"key": key, "first_fit_s": 1.0}
+
+    # A failed row says so in the table and in the header.
+    args = engine_cost.parse_args(
+        [*TINY, "--backends", "tensorflow", "--rows", "plain"]
+    )
+    (spec,) = engine_cost.plan(args)
+    assert engine_cost.row_key(spec) == key
+    failed = {key: {"key": key, "error": "exit 1: a|b"}}
+    text = engine_cost.render([spec], failed, "command")
+    assert "**1 row(s) failed**" in text and "PARTIAL" not in text
+    assert "| exit 1: a/b |" in text

@@ -24,9 +24,15 @@ retried), so a run cut short continues where it stopped. The Markdown table
 is rendered from the log after every row.
 
     nice -n 5 python benchmarks/engine_cost.py
-    nice -n 5 python benchmarks/engine_cost.py --backends tensorflow \\
-        --backbones mobilenet_v2 --backbone-rows plain,static,uw,loop,loop_nodiag
-    python benchmarks/engine_cost.py --render-only
+    # The first-fit breakdown (static weights, UW, diagnostics off; --profile
+    # adds cProfile rows), in its own log and results file:
+    nice -n 5 python benchmarks/engine_cost.py --backends tensorflow,jax --tasks '' \\
+        --backbones mobilenet_v2,resnet50 \\
+        --backbone-rows plain,static,uw,loop_nodiag,loop \\
+        --log benchmarks/results/engine_cost_first_fit_runs.jsonl \\
+        --output benchmarks/results/engine_cost_first_fit.md \\
+        --notes benchmarks/results/engine_cost_first_fit_notes.txt
+    python benchmarks/engine_cost.py --render-only   # the table from the log
 """
 
 from __future__ import annotations
@@ -609,7 +615,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backbones",
-        default="mobilenet_v2",
+        default="mobilenet_v2,resnet50",
         help=f"comma-separated, of {sorted(BACKBONES)} ('' for none)",
     )
     parser.add_argument("--backbone-tasks", default="3")

@@ -83,23 +83,41 @@ def _reset_peak() -> bool:
         return False
 
 
-def build(method: str, num_tasks: int, width: int, jacobian: str = "loop"):
-    """The model of one row, compiled (`jacobian`: the engine of a gradient
-    balancer, see `MultiTaskModel.compile`)."""
+def mlp_trunk(width: int):
+    """The MLP trunk: `(inputs, shared representation)`."""
     import keras
 
-    import mtl_keras
-
-    keras.utils.set_random_seed(0)
     inputs = keras.Input((INPUT_DIM,), name="x")
     hidden = inputs
     for i, units in enumerate(trunk_sizes(width)):
         hidden = keras.layers.Dense(units, activation="relu", name=f"trunk_{i}")(hidden)
+    return inputs, hidden
+
+
+def with_heads(
+    method: str,
+    inputs,
+    hidden,
+    num_tasks: int,
+    jacobian: str = "loop",
+    **compile_kwargs,
+):
+    """`num_tasks` linear Dense(1) heads (MSE) on `hidden`, compiled: a
+    plain `keras.Model` with `loss_weights` (`method="plain"`), or a
+    `MultiTaskModel` with the balancer `method` (a method name, or
+    `"engine"`: `backends.EqualWeights`) and `jacobian` (its engine, see
+    `MultiTaskModel.compile`; `compile_kwargs` go there too)."""
+    import keras
+
+    import mtl_keras
+
     tasks = [f"task_{k:02d}" for k in range(num_tasks)]
     outputs = {t: keras.layers.Dense(1, name=t)(hidden) for t in tasks}
     if method == "plain":
         model = keras.Model(inputs, outputs)
-        model.compile("sgd", loss={t: "mse" for t in tasks})
+        model.compile(
+            "sgd", loss={t: "mse" for t in tasks}, loss_weights={t: 1.0 for t in tasks}
+        )
         return model
     if method == "engine":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -109,12 +127,25 @@ def build(method: str, num_tasks: int, width: int, jacobian: str = "loop"):
     else:
         balancer = method
     model = mtl_keras.MultiTaskModel(inputs, outputs, shared=hidden)
-    model.compile("sgd", loss="mse", balancer=balancer, jacobian=jacobian)
+    model.compile(
+        "sgd", loss="mse", balancer=balancer, jacobian=jacobian, **compile_kwargs
+    )
     return model
 
 
-def measure(method: str, num_tasks: int, width: int, steps: int,
-            jacobian: str = "loop") -> dict:
+def build(method: str, num_tasks: int, width: int, jacobian: str = "loop"):
+    """The model of one row, compiled (`jacobian`: the engine of a gradient
+    balancer, see `MultiTaskModel.compile`)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs, hidden = mlp_trunk(width)
+    return with_heads(method, inputs, hidden, num_tasks, jacobian)
+
+
+def measure(
+    method: str, num_tasks: int, width: int, steps: int, jacobian: str = "loop"
+) -> dict:
     """One row: trace time, per-step time, peak extra memory, log keys."""
     import numpy as np
 
@@ -139,10 +170,14 @@ def measure(method: str, num_tasks: int, width: int, steps: int,
     step_ms = (time.perf_counter() - start) / steps * 1000
     peak_kb = _memory_kb("VmHWM")
     return {
-        "method": method, "tasks": num_tasks, "jacobian": jacobian,
+        "method": method,
+        "tasks": num_tasks,
+        "jacobian": jacobian,
         "trace_s": trace_s,
-        "step_ms": step_ms, "peak_mb": (peak_kb - before_kb) * 1024 / 1e6,
-        "exact_peak": exact_peak, "log_keys": len(history.history),
+        "step_ms": step_ms,
+        "peak_mb": (peak_kb - before_kb) * 1024 / 1e6,
+        "exact_peak": exact_peak,
+        "log_keys": len(history.history),
         "log_names": sorted(history.history),
     }
 
@@ -150,9 +185,16 @@ def measure(method: str, num_tasks: int, width: int, steps: int,
 def _run_row(method, num_tasks, width, steps, in_process, jacobian="loop") -> dict:
     if in_process:
         return measure(method, num_tasks, width, steps, jacobian)
-    command = [sys.executable, os.path.abspath(__file__), "--row",
-               f"{method}:{num_tasks}:{jacobian}", "--width", str(width),
-               "--steps", str(steps)]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--row",
+        f"{method}:{num_tasks}:{jacobian}",
+        "--width",
+        str(width),
+        "--steps",
+        str(steps),
+    ]
     path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -178,10 +220,12 @@ def table_row(row: dict, plain: dict, width: int) -> str:
     jacobian = row.get("jacobian", "loop")
     if jacobian != "loop" and row["method"] not in ("plain", "mgda_ub"):
         label = f"{label} ({row['jacobian']})"
-    return (f"| {row['tasks']} | {label} | {row['trace_s']:.1f} | "
-            f"{row['trace_s'] / plain['trace_s']:.2f} | {row['step_ms']:.0f} | "
-            f"{row['step_ms'] / plain['step_ms']:.2f} | {row['peak_mb']:.0f} | "
-            f"{extra_memory_cell(row, plain, width)} | {row['log_keys']} |")
+    return (
+        f"| {row['tasks']} | {label} | {row['trace_s']:.1f} | "
+        f"{row['trace_s'] / plain['trace_s']:.2f} | {row['step_ms']:.0f} | "
+        f"{row['step_ms'] / plain['step_ms']:.2f} | {row['peak_mb']:.0f} | "
+        f"{extra_memory_cell(row, plain, width)} | {row['log_keys']} |"
+    )
 
 
 def header(width: int, steps: int) -> list[str]:
@@ -205,20 +249,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="2,8,32", help="comma-separated K values")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--width", type=int, default=2048,
-                        help="trunk width (2048: P ≈ 7.35M)")
+    parser.add_argument(
+        "--width", type=int, default=2048, help="trunk width (2048: P ≈ 7.35M)"
+    )
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--jacobian", default="loop",
-                        help="comma-separated engines of the gradient balancers "
-                             "(loop, pfor, gramian): one row per method and engine")
-    parser.add_argument("--in-process", action="store_true",
-                        help="one process for all rows (fast; memory less exact)")
+    parser.add_argument(
+        "--jacobian",
+        default="loop",
+        help="comma-separated engines of the gradient balancers "
+        "(loop, pfor, gramian): one row per method and engine",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="one process for all rows (fast; memory less exact)",
+    )
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.row:
         method, num_tasks, *jacobian = args.row.split(":")
-        print(json.dumps(measure(method, int(num_tasks), args.width, args.steps,
-                                 *jacobian)))
+        print(
+            json.dumps(
+                measure(method, int(num_tasks), args.width, args.steps, *jacobian)
+            )
+        )
         return 0
     methods = [m for m in args.methods.split(",") if m != "plain"]
     for line in header(args.width, args.steps):
@@ -227,15 +281,17 @@ def main(argv=None) -> int:
         plain = _run_row("plain", num_tasks, args.width, args.steps, args.in_process)
         print(table_row(plain, plain, args.width), flush=True)
         for method in methods:
-            engines = (["loop"] if method == "mgda_ub"
-                       else args.jacobian.split(","))
+            engines = ["loop"] if method == "mgda_ub" else args.jacobian.split(",")
             for jacobian in engines:
-                row = _run_row(method, num_tasks, args.width, args.steps,
-                               args.in_process, jacobian)
+                row = _run_row(
+                    method, num_tasks, args.width, args.steps, args.in_process, jacobian
+                )
                 print(table_row(row, plain, args.width), flush=True)
-    print(f"\nJ (K×P float32) is {jacobian_megabytes(1, args.width):.1f} MB per task. "
-          f"Goals: trace ≤ {TRACE_GOAL:g}× plain; peak ≤ {PARAMS_MEMORY_GOAL:g}× J "
-          f"(params), ≤ {REP_MEMORY_GOAL_MB:g} MB (rep).")
+    print(
+        f"\nJ (K×P float32) is {jacobian_megabytes(1, args.width):.1f} MB per task. "
+        f"Goals: trace ≤ {TRACE_GOAL:g}× plain; peak ≤ {PARAMS_MEMORY_GOAL:g}× J "
+        f"(params), ≤ {REP_MEMORY_GOAL_MB:g} MB (rep)."
+    )
     return 0
 
 

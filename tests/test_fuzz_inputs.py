@@ -220,7 +220,8 @@ def test_loss_and_metrics_dicts_are_checked_per_task(
 
 @pytest.mark.parametrize(
     "bad, error, pattern",
-    [({"class_name": "no_such_balancer"}, ValueError, "is not a balancer; give a method name"),
+    [({"class_name": "no_such_balancer"}, ValueError,
+      "is not a balancer; give a method name"),
      (3, TypeError, "A balancer must be a Balancer instance")],
 )
 def test_unknown_balancer_config_is_refused(fresh_model, bad, error, pattern):

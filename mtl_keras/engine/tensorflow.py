@@ -440,6 +440,18 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
                                            weights, scale, loss_scaled))
 
 
+def _finite_flags(task_losses, scaled_gramian, loss_scaled: bool,
+                  replica_mean=None):
+    """`(finite_tasks, usable)` of a step from its scaled Gramian: a task is
+    finite when its loss is and (unless the loss scaler checks gradients) its
+    Gramian diagonal is; the step is usable when every task is."""
+    rows_finite = core.tasks_finite_in(scaled_gramian)
+    finite_tasks = core.finite_task_flags(
+        task_losses, True if loss_scaled else rows_finite, replica_mean)
+    usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+    return finite_tasks, usable
+
+
 def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
                            runner, balancer, amortised, scale,
                            loss_scaled: bool) -> core.SharedStep:
@@ -452,10 +464,8 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
     def balance(state, with_update=True):
         # One replica (see below for several).
         scaled_gramian = gramian_of_rows(rows())
-        rows_finite = core.tasks_finite_in(scaled_gramian)
-        grads_finite = True if loss_scaled else rows_finite
-        finite_tasks = core.finite_task_flags(task_losses, grads_finite)
-        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
+                                             loss_scaled)
         weights, gramian, new_state = core.guarded_weights(
             balancer, state, global_losses, scaled_gramian, usable, scale)
         # Not usable: the weights are ones, the update the plain sum.
@@ -476,10 +486,8 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
         # formed from the all-reduced rows.
         task_rows = rows()
         scaled_gramian = gramian_of_rows(task_rows)
-        rows_finite = core.tasks_finite_in(scaled_gramian)
-        finite_tasks = core.finite_task_flags(
-            task_losses, True if loss_scaled else rows_finite, replica_mean)
-        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
+                                             loss_scaled, replica_mean)
 
         def balance_shared(state, with_update=True):
             weights, gramian, new_state = core.guarded_weights(
@@ -522,10 +530,8 @@ def _shared_step_gramian(tape, recorded, task_losses, global_losses, targets,
         scaled_gramian = gramian_lib.gramian(
             plan, layer_inputs, layer_outputs, tape, recorded, scale,
             gramian_of_rows)
-        rows_finite = core.tasks_finite_in(scaled_gramian)
-        grads_finite = True if loss_scaled else rows_finite
-        finite_tasks = core.finite_task_flags(task_losses, grads_finite)
-        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+        finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
+                                             loss_scaled)
         weights, gramian, new_state = core.guarded_weights(
             balancer, state, global_losses, scaled_gramian, usable, scale)
         return core.SharedStep(None, weights, gramian, finite_tasks,

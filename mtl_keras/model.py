@@ -146,10 +146,16 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         object.__setattr__(self, "_rep_model", None)
         self._jacobian_method = "loop"
 
+    # Whether a subclass computes its task losses itself (then it reads the
+    # labels its own way, and `_check_data` leaves them to it).
+    _custom_task_losses = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if ("compute_task_losses" in vars(cls)
-                and "compute_task_loss_list" not in vars(cls)):
+        own = {"compute_task_losses", "compute_task_loss_list"} & set(vars(cls))
+        if own:
+            cls._custom_task_losses = True
+        if own == {"compute_task_losses"}:
             # The subclass customises the (K,) tensor: the engine's hook
             # (`compute_task_loss_list`) reads its losses from it.
             cls.compute_task_loss_list = _loss_list_from_tensor
@@ -791,10 +797,7 @@ class MultiTaskModel(_compat.DistributedBuildFix, keras.Model):
         traced: `y`, or the labels of a `tf.data.Dataset` `x` (from its
         element spec) or of a `PyDataset`'s first batch. Other data (Python
         generators) are checked in the step."""
-        if (type(self).compute_task_losses is not MultiTaskModel.compute_task_losses
-                or type(self).compute_task_loss_list
-                is not MultiTaskModel.compute_task_loss_list
-                or not hasattr(self, "task_losses")):
+        if self._custom_task_losses or not hasattr(self, "task_losses"):
             return  # a subclass reads the labels its own way
         labels = y if y is not None else _dataset_labels(x)
         if labels is None:

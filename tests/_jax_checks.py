@@ -299,6 +299,34 @@ def check_rep_mode_matches_tf(initial_file):
     return train_mgda_ub(initial)
 
 
+def check_rep_mode_with_batch_norm():
+    """MGDA-UB (`mode="rep"`) on a trunk with BatchNormalization, one step:
+    `[max |Δ| of the moving statistics to those of the step's batch by
+    hand, the trunk's kernel moved]` (the trunk's new statistics leave the
+    trunk's VJP as an output, not through a closure)."""
+    x, y = data()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="x")
+    hidden = keras.layers.Dense(8, name="trunk")(inputs)
+    normalized = keras.layers.BatchNormalization(name="norm")(hidden)
+    features = keras.layers.Activation("tanh")(normalized)
+    outputs = {"a": keras.layers.Dense(1, name="a")(features),
+               "b": keras.layers.Dense(3, name="b")(features)}
+    model = mtl_keras.MultiTaskModel(inputs, outputs, shared=features)
+    model.compile(keras.optimizers.SGD(0.1), loss=LOSSES, balancer="mgda_ub")
+    kernel, bias = (np.asarray(v) for v in model.get_layer("trunk").weights)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    norm = model.get_layer("norm")
+    batch = x @ kernel + bias
+    want_mean = 0.01 * batch.mean(axis=0)
+    want_variance = 0.99 + 0.01 * batch.var(axis=0)
+    gap = max(float(np.max(np.abs(np.asarray(norm.moving_mean) - want_mean))),
+              float(np.max(np.abs(np.asarray(norm.moving_variance)
+                                  - want_variance))))
+    moved = not np.allclose(np.asarray(model.get_layer("trunk").kernel), kernel)
+    return [gap, moved]
+
+
 def _custom_loop_example(steps):
     """The example of `engine.jax.balanced_gradients`, run for `steps`."""
     from mtl_keras.engine import jax as jax_engine

@@ -165,10 +165,10 @@ def guarded_balance(balancer, state, task_losses, blocks, usable,
     weights, gramian, new_state = guarded_weights(
         balancer, state, task_losses, gramian_of_blocks(blocks), usable,
         loss_scale)
-    update = combine_rows(ops.where(usable, weights, 0.0), blocks)
-    update = [ops.where(usable, u, ops.sum(block, axis=0))
-              for u, block in zip(update, blocks)]
-    return update, weights, gramian, new_state
+    # Not `usable`: the weights are ones, so `wᵀJ` is the plain sum of the
+    # rows (no select over J: on XLA's CPU backend one costs more than the
+    # Gramian).
+    return combine_rows(weights, blocks), weights, gramian, new_state
 
 
 def guarded_weights(balancer, state, task_losses, scaled_gramian, usable,

@@ -164,6 +164,12 @@ def test_rep_mode_with_fixed_weights_equals_params_mode_on_jax(jax_results):
     assert jax_results["results"]["check_rep_mode_two_representations"] < 1e-5
 
 
+def test_rep_mode_updates_batch_norm_statistics_on_jax(jax_results):
+    # A BatchNormalization trunk: its statistics are those of the batch.
+    gap, moved = jax_results["results"]["check_rep_mode_with_batch_norm"]
+    assert gap < 1e-5 and moved
+
+
 def test_mgda_ub_trains_on_jax_like_on_tensorflow(jax_results):
     jax_weights, jax_task_weights = jax_results["results"][
         "check_rep_mode_matches_tf"]

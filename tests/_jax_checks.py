@@ -105,6 +105,24 @@ def check_jacobian_methods_agree():
     return max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
 
 
+def check_gramian_of_rows():
+    """The loop engine's `J Jᵀ` from per-task rows, by inner products (few
+    tasks) and by stacks (many), against NumPy: the largest relative gap."""
+    from mtl_keras.engine import jax as jax_engine
+
+    rng = np.random.default_rng(0)
+    gaps = []
+    for num_tasks in (3, jax_engine.PAIRWISE_MAX_TASKS + 4):
+        rows = [[rng.normal(size=(5, 4)), rng.normal(size=(7,))]
+                for _ in range(num_tasks)]
+        jacobian = np.stack([np.concatenate([g.ravel() for g in row]) for row in rows])
+        got = jax_engine.gramian_of_rows(
+            [[ops.convert_to_tensor(g, "float32") for g in row] for row in rows])
+        want = jacobian @ jacobian.T
+        gaps.append(float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))))
+    return max(gaps)
+
+
 def train_update_every(steps=5):
     """MGDA with `update_every=3` for `steps` full batches, on any backend:
     the trained weights (refreshes at steps 0 and 3, cached in between)."""

@@ -124,7 +124,12 @@ def add_demo_parser(subparsers) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="batch size")
     parser.add_argument(
-        "--jit-compile", action="store_true", help="compile the train step with XLA"
+        "--jit-compile",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="compile the train step with XLA; without it Keras' 'auto' (XLA "
+        "on JAX, and on TensorFlow with a GPU)",
     )
     parser.add_argument(
         "--save",

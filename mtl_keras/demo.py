@@ -52,7 +52,7 @@ def train_shapes(
     train_size: int = 4096,
     validation_size: int = 1024,
     batch_size: int = 64,
-    jit_compile: bool = False,
+    jit_compile: bool | str = "auto",
     tasks=shapes.TASKS,
     callbacks=(),
     verbose: int = 1,
@@ -70,7 +70,9 @@ def train_shapes(
         train_size: Number of training images.
         validation_size: Number of validation images.
         batch_size: Batch size.
-        jit_compile: Compile the train step with XLA.
+        jit_compile: Compile the train step with XLA: `True`, `False`, or
+            Keras' `"auto"` (XLA on JAX, and on TensorFlow with a GPU; on
+            JAX `False` runs the step op by op, several times slower).
         tasks: Which of the shapes tasks to train.
         callbacks: Extra Keras callbacks.
         verbose: Keras' `fit` verbosity (1 shows progress bars).

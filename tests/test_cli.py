@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -186,3 +187,23 @@ def test_demo_saves_a_keras_file(tmp_path, capsys):
     assert f"Saved the model to {path}" in capsys.readouterr().out
     loaded = keras.models.load_model(path)
     assert sorted(loaded.output) == ["cls", "count", "seg"]
+
+
+@pytest.mark.parametrize("flag, expected", [([], "auto"), (["--jit-compile"], True)])
+def test_demo_compiles_like_keras_by_default(flag, expected, monkeypatch):
+    # Keras' "auto": XLA on JAX (without it JAX runs the step op by op,
+    # several times slower), plain graphs on TensorFlow without a GPU.
+    from mtl_keras import demo
+
+    assert inspect.signature(demo.train_shapes).parameters[
+        "jit_compile"].default == "auto"
+    seen = {}
+
+    def train_shapes(**kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(demo, "train_shapes", train_shapes)
+    with pytest.raises(SystemExit):
+        mtl_keras_cli.main(["demo", *flag])
+    assert seen["jit_compile"] == expected

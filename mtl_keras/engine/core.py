@@ -236,7 +236,9 @@ class SharedStep(NamedTuple):
 
     Attributes:
         update: The update of the shared variables or representation: one
-            flat vector per variable (or representation tensor).
+            flat vector per variable (or representation tensor), or `None`
+            where it is `wᵀJ`: the engine then takes it, with the heads'
+            gradients, from one backward pass of `Σ w_k L_k`.
         weights: The (K,) task weights, constants.
         gramian: The (K, K) Gramian (zeros when the balancer did not run).
         finite_tasks: (K,) booleans, see `finite_task_flags`.

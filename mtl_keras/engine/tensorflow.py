@@ -346,19 +346,20 @@ def _balanced_gradients(tape, task_losses, shared_variables, head_variables,
     step = _shared_step(tape, recorded, task_losses, targets, runner, jacobian,
                         scale, loss_scale is not None, layer_tensors)
     weights = step.weights
-    # J was summed over replicas and optimizer.apply sums again.
-    replicas = num_replicas()
-    update = [ops.cast(ops.reshape(piece if replicas == 1 else piece / replicas,
-                                   ops.shape(t)), t.dtype)
-              for piece, t in zip(step.update, targets)]
-    if representation is not None:
-        shared_grads = tape.gradient(targets, list(shared_variables),
-                                     output_gradients=update)
+    if step.update is None:
+        # `wᵀJ`, left to one backward pass of `Σ w_k L_k` (one replica):
+        # the shared variables' and the heads' gradients together.
+        grads = weighted_gradient(
+            tape, recorded, list(shared_variables) + list(head_variables),
+            weights * scale)
+        # Dense, as the rows are (an Embedding's gradient is IndexedSlices).
+        shared_grads = [tf.convert_to_tensor(g) for g in _zeros_for_none(
+            grads[:len(shared_variables)], shared_variables)]
+        head_grads = grads[len(shared_variables):]
     else:
-        shared_grads = update
-    head_grads = (weighted_gradient(tape, recorded, list(head_variables),
-                                    weights * scale)
-                  if head_variables else [])
+        shared_grads, head_grads = _apply_update(
+            tape, recorded, step, targets, shared_variables, head_variables,
+            representation, scale)
     if regularization is not None:
         variables = list(shared_variables) + list(head_variables)
         # Scaled after the backward pass: an op on the loss outside the
@@ -371,6 +372,27 @@ def _balanced_gradients(tape, task_losses, shared_variables, head_variables,
         grads=list(shared_grads) + list(head_grads), weights=weights,
         gramian=step.gramian, finite_tasks=step.finite_tasks,
         balanced=step.balanced)
+
+
+def _apply_update(tape, recorded, step, targets, shared_variables,
+                  head_variables, representation, scale):
+    """`(shared gradients, head gradients)` from the step's update over
+    `targets` (pulled back through the trunk in rep mode) and one backward
+    pass of `Σ w_k L_k` over the heads."""
+    # J was summed over replicas and optimizer.apply sums again.
+    replicas = num_replicas()
+    update = [ops.cast(ops.reshape(piece if replicas == 1 else piece / replicas,
+                                   ops.shape(t)), t.dtype)
+              for piece, t in zip(step.update, targets)]
+    if representation is not None:
+        shared_grads = tape.gradient(targets, list(shared_variables),
+                                     output_gradients=update)
+    else:
+        shared_grads = update
+    head_grads = (weighted_gradient(tape, recorded, list(head_variables),
+                                    step.weights * scale)
+                  if head_variables else [])
+    return shared_grads, head_grads
 
 
 def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
@@ -461,7 +483,7 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
     def rows():
         return all_reduce_sum(task_gradient_rows(tape, recorded, targets, scale))
 
-    def balance(state, with_update=True):
+    def balance(state):
         # One replica (see below for several).
         scaled_gramian = gramian_of_rows(rows())
         finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
@@ -469,15 +491,12 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
         weights, gramian, new_state = core.guarded_weights(
             balancer, state, global_losses, scaled_gramian, usable, scale)
         # Not usable: the weights are ones, the update the plain sum.
-        # `wᵀJ = ∇ Σ w_k L_k` is one more backward pass, after which nothing
+        # `wᵀJ = ∇ Σ w_k L_k` is left to the caller's one backward pass
+        # (the heads' gradients in the same pass), after which nothing
         # reads the rows: they are freed once the Gramian is formed, so the
         # update's backward pass does not add to the peak (measured: 0.13× J
         # less than `combine_task_rows`, and no slower).
-        update = None
-        if with_update:
-            update, _ = _reuse_by_backward(tape, recorded, targets, task_losses,
-                                           weights, scale, True)
-        return core.SharedStep(update, weights, gramian, finite_tasks,
+        return core.SharedStep(None, weights, gramian, finite_tasks,
                                usable), new_state
 
     if num_replicas() > 1:
@@ -507,7 +526,7 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
         return core.every_step(balancer, balance)
     # A refresh yields only the weights; the update is one backward pass after.
     return runner.step(
-        lambda state: balance(state, with_update=False),
+        balance,
         lambda weights: _reuse_by_backward(tape, recorded, targets, task_losses,
                                            weights, scale, loss_scaled))
 
@@ -543,11 +562,9 @@ def _shared_step_gramian(tape, recorded, task_losses, global_losses, targets,
 
     if amortised:
         return runner.step(weights_of, reuse)
-    step = core.every_step(balancer, weights_of)
-    # Not usable: the weights are ones, the update the plain sum.
-    update, reuse_finite = reuse(step.weights)
-    return step._replace(update=update, finite_tasks=ops.logical_and(
-        step.finite_tasks, reuse_finite))
+    # The update is left to the caller's one backward pass of `Σ w_k L_k`
+    # (not usable: the weights are ones, the update the plain sum).
+    return core.every_step(balancer, weights_of)
 
 
 def _reuse_by_backward(tape, recorded, targets, task_losses, weights, scale,

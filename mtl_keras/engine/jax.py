@@ -117,8 +117,7 @@ def _reused_update(vjp_fn, weights, task_losses, loss_scale, scale):
     checks them."""
     grads = vjp_fn((weights * scale, jnp.zeros((), "float32")))[0]
     update = [jnp.reshape(g.astype("float32"), (-1,)) for g in grads]
-    grads_finite = True if loss_scale is not None else ops.all(ops.stack(
-        [ops.all(ops.isfinite(u)) for u in update]))
+    grads_finite = True if loss_scale is not None else core.gradients_finite(update)
     return update, core.finite_task_flags(task_losses, grads_finite)
 
 
@@ -446,8 +445,7 @@ class JaxTrainer:
             list(trainable))
         grads_finite = True
         if loss_scale is None:
-            grads_finite = ops.all(ops.stack(
-                [ops.all(ops.isfinite(g)) for g in grads]))
+            grads_finite = core.gradients_finite(grads)
         finite_tasks = core.finite_task_flags(forward.task_losses, grads_finite)
         step = core.TrainStep(
             y_pred=forward.y_pred, task_losses=forward.task_losses,

@@ -574,8 +574,7 @@ def _reuse_by_backward(tape, recorded, targets, task_losses, weights, scale,
     grads = weighted_gradient(tape, recorded, targets, weights * scale)
     update = [tf.reshape(tf.cast(g, "float32"), [-1])
               for g in _zeros_for_none(grads, targets)]
-    grads_finite = True if loss_scaled else ops.all(ops.stack(
-        [ops.all(ops.isfinite(u)) for u in update]))
+    grads_finite = True if loss_scaled else core.gradients_finite(update)
     return update, core.finite_task_flags(task_losses, grads_finite)
 
 
@@ -631,8 +630,8 @@ class TensorFlowTrainer:
         grads = tape.gradient(scaled_loss, model.trainable_variables)
         grads_finite = True
         if self.loss_scale() is None:
-            grads_finite = ops.all(ops.stack(
-                [ops.all(ops.isfinite(g)) for g in grads if g is not None]))
+            grads_finite = core.gradients_finite(
+                [g for g in grads if g is not None])
         finite_tasks = core.finite_task_flags(task_losses, grads_finite, replica_mean)
         step = core.TrainStep(
             y_pred=y_pred, task_losses=task_losses, balance=balance,

@@ -231,3 +231,21 @@ def test_famo_measures_the_update_on_the_steps_own_forward_pass():
     largest_logit, batch_norm_gap = _jax_checks.check_famo_post_step()
     assert largest_logit == 0.0
     assert batch_norm_gap == 0.0
+
+
+def test_gradients_finite_reads_every_element():
+    core = engine.core
+    finite = [np.ones((2, 3), "float32"), np.full((4,), -2.0, "float32")]
+    assert bool(core.gradients_finite(finite))
+    for bad in (np.nan, np.inf, -np.inf):
+        grads = [finite[0], np.array([1.0, bad, 3.0, 4.0], "float32")]
+        assert not bool(core.gradients_finite(grads)), bad
+    # +inf in one tensor and -inf in another: the sum is NaN, still caught.
+    assert not bool(core.gradients_finite(
+        [np.array([np.inf], "float32"), np.array([-np.inf], "float32")]))
+    # float16 gradients are summed in float32 (60000 × 4 overflows float16).
+    assert bool(core.gradients_finite([np.full((4,), 6e4, "float16")]))
+    # An Embedding's gradient (IndexedSlices) on TensorFlow.
+    sparse = tf.IndexedSlices(tf.constant([[1.0, np.nan]]), tf.constant([0]),
+                              tf.constant([3, 2]))
+    assert not bool(core.gradients_finite([sparse]))

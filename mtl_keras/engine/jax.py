@@ -523,6 +523,7 @@ class JaxTrainer:
         is_shared = [id(v) in shared_ids for v in model.trainable_variables]
         shared = [t for t, s in zip(trainable, is_shared) if s]
         heads = [t for t, s in zip(trainable, is_shared) if not s]
+
         def scope_for(shared_values, head_values, non_trainable_values):
             shared_iter, head_iter = iter(shared_values), iter(head_values)
             values = [next(shared_iter) if s else next(head_iter) for s in is_shared]

@@ -119,7 +119,8 @@ def check_gramian_of_rows():
         got = jax_engine.gramian_of_rows(
             [[ops.convert_to_tensor(g, "float32") for g in row] for row in rows])
         want = jacobian @ jacobian.T
-        gaps.append(float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))))
+        gap = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
+        gaps.append(float(gap))
     return max(gaps)
 
 

@@ -26,6 +26,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from _references import above_by_active_sets
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from keras import ops
@@ -88,21 +89,7 @@ def min_norm_reference(gramian):
 
 def above_reference(gramian, lower):
     """argmin vᵀGv s.t. v ≥ lower: the KKT point over all active sets."""
-    num = len(lower)
-    offset = gramian @ lower
-    for size in range(num + 1):
-        for free in itertools.combinations(range(num), size):
-            free = list(free)
-            excess = np.zeros(num)
-            if free:
-                excess[free] = np.linalg.solve(
-                    gramian[np.ix_(free, free)], -offset[free]
-                )
-            gradient = gramian @ excess + offset
-            active = [i for i in range(num) if i not in free]
-            if excess.min() >= -1e-13 and (gradient[active] >= -1e-13).all():
-                return lower + excess
-    raise AssertionError("no KKT point")
+    return above_by_active_sets(gramian, lower, 1e-13, 1e-13)
 
 
 def ref_mgda(gramian, losses):
@@ -346,7 +333,7 @@ def test_unclipped_nash_mtl_is_the_exact_bargaining_solution(seed):
 JAX_CHILD = """
 import json, os, sys
 os.environ["KERAS_BACKEND"] = "jax"
-sys.path[:0] = [{tests!r}, {root!r}]
+sys.path[:0] = [{tests!r}, {helpers!r}, {root!r}]
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -378,7 +365,8 @@ print(json.dumps({{"deviations": found, "x64": bool(jax.config.jax_enable_x64),
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX not installed")
 def test_jax_solves_in_float64_inside_jit_and_leaves_x64_off():
     here = pathlib.Path(__file__).resolve().parent  # tests/balancers
-    script = JAX_CHILD.format(tests=str(here), root=str(here.parents[1]))
+    script = JAX_CHILD.format(
+        tests=str(here), helpers=str(here.parent), root=str(here.parents[1]))
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True,

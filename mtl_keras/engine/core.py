@@ -197,6 +197,32 @@ def tasks_finite_in(gramian):
     return ops.isfinite(ops.diagonal(gramian))
 
 
+def finite_flags_from_gramian(task_losses, scaled_gramian, loss_scaled: bool,
+                              replica_mean=None):
+    """`(finite_tasks, usable)` of a step from its scaled Gramian: a task is
+    finite when its loss is and (unless the loss scaler checks gradients) its
+    Gramian diagonal is; the step is usable when every task is."""
+    rows_finite = tasks_finite_in(scaled_gramian)
+    finite_tasks = finite_task_flags(
+        task_losses, True if loss_scaled else rows_finite, replica_mean)
+    usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
+    return finite_tasks, usable
+
+
+def weights_from_gramian(balancer, state, task_losses, balance_losses,
+                         scaled_gramian, loss_scaled: bool, loss_scale=1.0):
+    """`(SharedStep, new_state)` of a `GramianBalancer` on one replica,
+    from the Gramian of the loss-scaled task gradients: the finite flags
+    from its diagonal and the balancer's weights on `balance_losses`
+    (ones when a task is not finite). The update is left `None`: the
+    engine takes `wᵀJ` from one backward pass of `Σ w_k L_k`."""
+    finite_tasks, usable = finite_flags_from_gramian(
+        task_losses, scaled_gramian, loss_scaled)
+    weights, gramian, new_state = guarded_weights(
+        balancer, state, balance_losses, scaled_gramian, usable, loss_scale)
+    return SharedStep(None, weights, gramian, finite_tasks, usable), new_state
+
+
 def _balance_jacobian(balancer, state, task_losses, blocks, usable, loss_scale):
     """A `JacobianBalancer` on the assembled J (it needs J itself).
 

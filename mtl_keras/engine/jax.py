@@ -130,17 +130,9 @@ def _shared_step_from_rows(vjp_fn, task_losses, runner, balancer, amortised,
 
     def refresh(state):
         rows = task_gradient_rows(vjp_fn, task_losses.shape[0], scale)
-        scaled_gramian = gramian_of_rows(rows)
-        rows_finite = core.tasks_finite_in(scaled_gramian)
-        finite_tasks = core.finite_task_flags(
-            task_losses, True if loss_scale is not None else rows_finite)
-        usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
-        # Not usable: the weights are ones, the update the plain sum.
-        weights, gramian, new_state = core.guarded_weights(
-            balancer, state, ops.stop_gradient(task_losses), scaled_gramian,
-            usable, scale)
-        return core.SharedStep(None, weights, gramian, finite_tasks,
-                               usable), new_state
+        return core.weights_from_gramian(
+            balancer, state, task_losses, ops.stop_gradient(task_losses),
+            gramian_of_rows(rows), loss_scale is not None, scale)
 
     if not amortised:
         return core.every_step(balancer, refresh)

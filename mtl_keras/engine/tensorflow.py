@@ -462,18 +462,6 @@ def _shared_step(tape, recorded, task_losses, targets, runner, method, scale,
                                            weights, scale, loss_scaled))
 
 
-def _finite_flags(task_losses, scaled_gramian, loss_scaled: bool,
-                  replica_mean=None):
-    """`(finite_tasks, usable)` of a step from its scaled Gramian: a task is
-    finite when its loss is and (unless the loss scaler checks gradients) its
-    Gramian diagonal is; the step is usable when every task is."""
-    rows_finite = core.tasks_finite_in(scaled_gramian)
-    finite_tasks = core.finite_task_flags(
-        task_losses, True if loss_scaled else rows_finite, replica_mean)
-    usable = ops.logical_and(ops.all(finite_tasks), ops.all(rows_finite))
-    return finite_tasks, usable
-
-
 def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
                            runner, balancer, amortised, scale,
                            loss_scaled: bool) -> core.SharedStep:
@@ -484,20 +472,16 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
         return all_reduce_sum(task_gradient_rows(tape, recorded, targets, scale))
 
     def balance(state):
-        # One replica (see below for several).
-        scaled_gramian = gramian_of_rows(rows())
-        finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
-                                             loss_scaled)
-        weights, gramian, new_state = core.guarded_weights(
-            balancer, state, global_losses, scaled_gramian, usable, scale)
-        # Not usable: the weights are ones, the update the plain sum.
-        # `wᵀJ = ∇ Σ w_k L_k` is left to the caller's one backward pass
-        # (the heads' gradients in the same pass), after which nothing
-        # reads the rows: they are freed once the Gramian is formed, so the
-        # update's backward pass does not add to the peak (measured: 0.13× J
-        # less than `combine_task_rows`, and no slower).
-        return core.SharedStep(None, weights, gramian, finite_tasks,
-                               usable), new_state
+        # One replica (see below for several). Not usable: the weights are
+        # ones, the update the plain sum. `wᵀJ = ∇ Σ w_k L_k` is left to
+        # the caller's one backward pass (the heads' gradients in the same
+        # pass), after which nothing reads the rows: they are freed once the
+        # Gramian is formed, so the update's backward pass does not add to
+        # the peak (measured: 0.13× J less than `combine_task_rows`, and no
+        # slower).
+        return core.weights_from_gramian(
+            balancer, state, task_losses, global_losses,
+            gramian_of_rows(rows()), loss_scaled, scale)
 
     if num_replicas() > 1:
         # Every collective before the conditionals (none can run inside
@@ -505,8 +489,8 @@ def _shared_step_from_rows(tape, recorded, task_losses, global_losses, targets,
         # formed from the all-reduced rows.
         task_rows = rows()
         scaled_gramian = gramian_of_rows(task_rows)
-        finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
-                                             loss_scaled, replica_mean)
+        finite_tasks, usable = core.finite_flags_from_gramian(
+            task_losses, scaled_gramian, loss_scaled, replica_mean)
 
         def balance_shared(state, with_update=True):
             weights, gramian, new_state = core.guarded_weights(
@@ -549,12 +533,9 @@ def _shared_step_gramian(tape, recorded, task_losses, global_losses, targets,
         scaled_gramian = gramian_lib.gramian(
             plan, layer_inputs, layer_outputs, tape, recorded, scale,
             gramian_of_rows)
-        finite_tasks, usable = _finite_flags(task_losses, scaled_gramian,
-                                             loss_scaled)
-        weights, gramian, new_state = core.guarded_weights(
-            balancer, state, global_losses, scaled_gramian, usable, scale)
-        return core.SharedStep(None, weights, gramian, finite_tasks,
-                               usable), new_state
+        return core.weights_from_gramian(
+            balancer, state, task_losses, global_losses, scaled_gramian,
+            loss_scaled, scale)
 
     def reuse(weights):
         return _reuse_by_backward(tape, recorded, targets, task_losses,

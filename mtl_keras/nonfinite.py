@@ -5,9 +5,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from mtl_keras._task_state import TaskState
+
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class NonFiniteTasks(keras.layers.Layer):
+class NonFiniteTasks(TaskState):
     """Flags (1.0) the tasks whose loss or gradient was not finite at the
     last step the model skipped for that reason.
 
@@ -28,8 +30,7 @@ class NonFiniteTasks(keras.layers.Layer):
     """
 
     def __init__(self, task_names, name: str = "nonfinite_tasks", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.task_names = list(task_names)
+        super().__init__(task_names, name=name, **kwargs)
         self.values = self.add_weight(
             shape=(len(self.task_names),),
             initializer="zeros",
@@ -48,16 +49,3 @@ class NonFiniteTasks(keras.layers.Layer):
             ops.where(finite, ops.convert_to_tensor(self.values), not_finite)
         )
         return finite
-
-    def load_own_variables(self, store):
-        if not store.keys():
-            # A file saved when `TaskWeights` held the flags (it hands them
-            # over on load).
-            return
-        super().load_own_variables(store)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {"name": self.name, "task_names": self.task_names}

@@ -6,9 +6,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from mtl_keras._task_state import TaskState
+
 
 @keras.saving.register_keras_serializable(package="mtl_keras")
-class TaskWeightHistory(keras.layers.Layer):
+class TaskWeightHistory(TaskState):
     """A short per-task history, kept in the model's weights.
 
     What a `mtl_keras.callbacks.TaskWeightCallback` records (one value per
@@ -36,8 +38,7 @@ class TaskWeightHistory(keras.layers.Layer):
     CAPACITY = 8
 
     def __init__(self, task_names, name: str = "task_weight_history", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.task_names = list(task_names)
+        super().__init__(task_names, name=name, **kwargs)
         num_tasks = len(self.task_names)
         self.rows = self.add_weight(
             shape=(self.CAPACITY + 1, num_tasks),
@@ -84,16 +85,3 @@ class TaskWeightHistory(keras.layers.Layer):
         if count == 1:
             rows[0] = values
         self.rows.assign(rows.astype("float32"))
-
-    def load_own_variables(self, store):
-        if not store.keys():
-            # A file saved when `TaskWeights` held the history: it hands the
-            # values over (`TaskWeights.load_own_variables`).
-            return
-        super().load_own_variables(store)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {"name": self.name, "task_names": self.task_names}

@@ -18,12 +18,22 @@ first `fit` to the end of the second; `over plain MB`, that minus plain's
 (same backend, net and K), with its ratio to |J| = K×P float32. Ratios are
 to plain's row of the same backend, net and K.
 
+Peak RSS also holds what the step's tensors no longer need: XLA's compiler
+memory (JAX compiles in the first call) and the pools of TensorFlow's CPU
+allocators. The "Live memory" table counts tensors only: on JAX, the
+temporary buffers XLA's buffer assignment plans for the compiled train step
+(`memory_analysis()`, every JAX row); on TensorFlow, the peak of bytes in use
+that its BFC CPU allocator reports over both `fit` calls, from extra rows
+run with `TF_CPU_ALLOCATOR_USE_BFC=true TF_ENABLE_ONEDNN_OPTS=0` (the only
+configuration in which TensorFlow counts CPU bytes; `--live-memory` adds
+them for the MLP).
+
 Each row runs in a fresh subprocess and appends one JSON line to the log;
 rerunning the same command skips the rows already logged (a failed row is
 retried), so a run cut short continues where it stopped. The Markdown table
 is rendered from the log after every row.
 
-    nice -n 5 python benchmarks/engine_cost.py
+    nice -n 5 python benchmarks/engine_cost.py --live-memory
     # The first-fit breakdown (static weights, UW, diagnostics off; --profile
     # adds cProfile rows), in its own log and results file:
     nice -n 5 python benchmarks/engine_cost.py --backends tensorflow,jax --tasks '' \\
@@ -99,6 +109,7 @@ def row_key(spec: dict) -> str:
         f"{spec['backend']}/{spec['net']}/{size}/K={spec['tasks']}/"
         f"{spec['row']}/batch={spec['batch']}/steps={spec['steps']}"
         + ("/profile" if spec.get("profile") else "")
+        + ("/live" if spec.get("live") else "")
     )
 
 
@@ -165,6 +176,7 @@ def measure(spec: dict) -> dict:
     y = {t: rng.normal(size=(batch * steps, 1)).astype("float32") for t in model.output}
     exact_peak = many_tasks._reset_peak()
     before_kb = many_tasks._memory_kb("VmRSS")
+    live_before = _allocator_reset() if spec.get("live") else None
     profiler = cProfile.Profile() if spec.get("profile") else None
     start = time.perf_counter()
     if profiler:
@@ -190,6 +202,13 @@ def measure(spec: dict) -> dict:
         callbacks=[timer],
     )
     peak_kb = many_tasks._memory_kb("VmHWM")
+    if spec.get("live"):
+        live_mb = (_allocator_peak() - live_before) / 1e6
+    elif keras.backend.backend() == "jax":
+        data = (x[:batch], {t: v[:batch] for t, v in y.items()})
+        live_mb = step_temporaries(model, data) / 1e6
+    else:
+        live_mb = None
     versions = {"keras": keras.__version__}
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -208,13 +227,56 @@ def measure(spec: dict) -> dict:
         "step_ms": statistics.median(timer.durations) * 1000,
         "peak_mb": (peak_kb - before_kb) * 1024 / 1e6,
         "exact_peak": exact_peak,
+        "live_mb": live_mb,
         "versions": versions,
         **({"profile_top": _top_functions(profiler)} if profiler else {}),
     }
 
 
+def _allocator_reset() -> int:
+    """Resets TensorFlow's CPU allocator peak; the bytes in use now."""
+    import tensorflow as tf
+
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    current = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    if not current:
+        raise RuntimeError(
+            "TensorFlow counts no CPU bytes: a live row needs "
+            "TF_CPU_ALLOCATOR_USE_BFC=true and TF_ENABLE_ONEDNN_OPTS=0"
+        )
+    return current
+
+
+def _allocator_peak() -> int:
+    import tensorflow as tf
+
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"]
+
+
+def step_temporaries(model, data) -> int:
+    """Bytes of the temporary buffers XLA plans for `model`'s compiled
+    train step on `data` (JAX): what one step holds beyond its inputs and
+    outputs (the variables' values, the batch, the new values)."""
+    import jax
+
+    state = tuple(
+        [v.value for v in variables]
+        for variables in (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        )
+    )
+    compiled = jax.jit(model.train_step).lower(state, data).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+#: The environment of a TensorFlow row with `"live": True`.
+LIVE_ENV = {"TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
 SPEC_KEYS = ("backend", "net", "tasks", "row", "width", "image_size", "batch",
-             "steps", "skip", "profile")  # fmt: skip
+             "steps", "skip", "profile", "live")  # fmt: skip
 #: Where the profile of a first `fit` looks (paths inside the packages).
 PROFILED = (
     "mtl_keras/",
@@ -258,7 +320,7 @@ def run_row(spec: dict, timeout: float, in_process: bool = False) -> dict:
     or in this process (`in_process`: the backend must be this process')."""
     started = datetime.datetime.now(datetime.timezone.utc)
     uptime_start = _uptime()
-    if in_process:
+    if in_process and not spec.get("live"):  # live: TF's allocator env first
         import keras
 
         if keras.backend.backend() != spec["backend"]:
@@ -285,6 +347,7 @@ def _in_subprocess(spec: dict, timeout: float) -> dict:
         "PYTHONPATH": path,
         "KERAS_BACKEND": spec["backend"],
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        **(LIVE_ENV if spec.get("live") else {}),
     }
     try:
         done = subprocess.run(
@@ -353,6 +416,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
                         "profile": args.profile,
                     }
                 )
+                if args.live_memory and backend == "tensorflow" and mlp:
+                    specs.append({**specs[-1], "live": True})
     return specs
 
 
@@ -405,6 +470,7 @@ def table(specs: list[dict], rows: dict, row_names=MAIN_ROWS) -> list[str]:
         "| step ms | × plain | peak MB | over plain MB | × \\|J\\| |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    specs = [s for s in specs if not s.get("live")]
     groups = []
     for spec in specs:
         if _group(spec) not in groups:
@@ -420,6 +486,39 @@ def table(specs: list[dict], rows: dict, row_names=MAIN_ROWS) -> list[str]:
             record = rows.get(row_key(spec)) if spec else None
             lines.append(_line(group, name, spec, record, plain))
     return lines
+
+
+def live_table(specs: list[dict], rows: dict) -> list[str]:
+    """The live-memory table: every row that measured it (JAX rows, and
+    TensorFlow's `live` rows), over plain's of the same kind."""
+    measured = []
+    for spec in specs:
+        record = rows.get(row_key(spec), {})
+        if record.get("live_mb") is not None:
+            measured.append((spec, record))
+    lines = [
+        "| backend | net | K | \\|J\\| MB | row | live MB | over plain MB "
+        "| × \\|J\\| | counted by |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec, record in measured:
+        plain = next(
+            (r for s, r in measured
+             if _group(s) == _group(spec) and s["row"] == "plain"
+             and bool(s.get("live")) == bool(spec.get("live"))),
+            None,
+        )  # fmt: skip
+        over = ratio = "-"
+        if plain is not None and spec["row"] != "plain":
+            extra = record["live_mb"] - plain["live_mb"]
+            over, ratio = f"{extra:.0f}", f"{extra / record['jacobian_mb']:.2f}"
+        how = "XLA buffer assignment" if spec["backend"] == "jax" else "BFC allocator"
+        lines.append(
+            f"| {spec['backend']} | {_net_label(spec)} | {spec['tasks']} | "
+            f"{record['jacobian_mb']:.0f} | {ROWS[spec['row']][0]} | "
+            f"{record['live_mb']:.0f} | {over} | {ratio} | {how} |"
+        )
+    return lines if measured else []
 
 
 def _group(spec: dict) -> tuple:
@@ -566,6 +665,22 @@ def render(
         "",
     ]
     lines += table(specs, rows)
+    live = live_table(specs, rows)
+    if live:
+        lines += [
+            "",
+            "## Live memory",
+            "",
+            "What the step's tensors hold at their peak, without the compiler's "
+            "memory and the allocators' pools that peak RSS also counts: JAX, the "
+            "temporary buffers XLA plans for the compiled train step; TensorFlow, "
+            "the peak bytes in use of its BFC CPU allocator over both `fit` calls "
+            "(rows run with `TF_CPU_ALLOCATOR_USE_BFC=true TF_ENABLE_ONEDNN_OPTS=0`, "
+            "their times not shown). `over plain MB`: minus plain's, counted the "
+            "same way.",
+            "",
+            *live,
+        ]
     extra = [
         r for r in ROWS if r not in MAIN_ROWS and any(s["row"] == r for s in specs)
     ]
@@ -645,6 +760,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="profile each row's first fit (cProfile: slower, its own rows)",
+    )
+    parser.add_argument(
+        "--live-memory",
+        action="store_true",
+        help="add TensorFlow MLP rows run with its BFC CPU allocator, for "
+        "the live-memory table (JAX rows always measure it)",
     )
     parser.add_argument("--title", default=TITLE, help="the results file's title")
     parser.add_argument("--render-only", action="store_true")

@@ -107,14 +107,16 @@ def check_jacobian_methods_agree():
 
 def check_gramian_of_rows():
     """The loop engine's `J Jᵀ` from per-task rows, by inner products (few
-    tasks) and by stacks (many), against NumPy: the largest relative gap."""
+    tasks) and by column-chunk stacks (many), against NumPy: the largest
+    relative gap."""
     from mtl_keras.engine import jax as jax_engine
 
     rng = np.random.default_rng(0)
     gaps = []
     for num_tasks in (3, jax_engine.PAIRWISE_MAX_TASKS + 4):
-        rows = [[rng.normal(size=(5, 4)), rng.normal(size=(7,))]
-                for _ in range(num_tasks)]
+        # A value over `core.MIN_CHUNK` elements: split in column chunks.
+        rows = [[rng.normal(size=(5, 4)), rng.normal(size=(200, 100)),
+                 rng.normal(size=(7,))] for _ in range(num_tasks)]
         jacobian = np.stack([np.concatenate([g.ravel() for g in row]) for row in rows])
         got = jax_engine.gramian_of_rows(
             [[ops.convert_to_tensor(g, "float32") for g in row] for row in rows])
@@ -122,6 +124,45 @@ def check_gramian_of_rows():
         gap = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
         gaps.append(float(gap))
     return max(gaps)
+
+
+def check_loop_engine_memory(width=512):
+    """`{K: ratio}`: the temporary buffers XLA plans for UPGrad's loop-engine
+    train step beyond a plain `keras.Model`'s, over |J| = K×P×4 bytes, on a
+    two-layer MLP trunk, with inner products (K = 3) and column-chunk stacks
+    (K above `PAIRWISE_MAX_TASKS`) forming the Gramian."""
+    from mtl_keras.engine import jax as jax_engine
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks"))
+    import engine_cost
+
+    ratios = {}
+    for num_tasks in (3, jax_engine.PAIRWISE_MAX_TASKS + 4):
+        tasks = [f"t{k}" for k in range(num_tasks)]
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(32, width)).astype("float32")
+        y = {t: rng.normal(size=(32, 1)).astype("float32") for t in tasks}
+        temporaries = {}
+        for method in ("plain", "upgrad"):
+            keras.utils.set_random_seed(0)
+            inputs = keras.Input((width,))
+            hidden = keras.layers.Dense(width, activation="relu")(inputs)
+            hidden = keras.layers.Dense(width, activation="relu")(hidden)
+            outputs = {t: keras.layers.Dense(1, name=t)(hidden) for t in tasks}
+            if method == "plain":
+                model = keras.Model(inputs, outputs)
+                model.compile("sgd", loss={t: "mse" for t in tasks},
+                              loss_weights={t: 1.0 for t in tasks})
+            else:
+                model = mtl_keras.MultiTaskModel(inputs, outputs, shared=hidden)
+                model.compile("sgd", loss="mse", balancer=method)
+            model.fit(x, y, batch_size=32, verbose=0)
+            temporaries[method] = engine_cost.step_temporaries(model, (x, y))
+        jacobian_bytes = num_tasks * (2 * width * width + 2 * width) * 4
+        ratios[num_tasks] = (
+            temporaries["upgrad"] - temporaries["plain"]) / jacobian_bytes
+    return ratios
 
 
 def train_update_every(steps=5):

@@ -135,6 +135,22 @@ def gramian_of_blocks(blocks):
     return sum(gramian_of(block) for block in blocks)
 
 
+#: J's columns are stacked in about this many chunks, one (K, chunk) stack
+#: at a time, where the engines form `J Jᵀ` from per-task rows.
+CHUNKS_PER_JACOBIAN = 32
+#: The smallest chunk, per task (elements): fewer, larger ops below it.
+MIN_CHUNK = 2**14
+
+
+def column_chunks(sizes: Sequence[int]) -> list[tuple[int, int, int]]:
+    """`[(v, start, size)]`: the columns of values of `sizes` elements in
+    chunks of at most `sum(sizes) / CHUNKS_PER_JACOBIAN` (and at least
+    `MIN_CHUNK`) per task, never across two values."""
+    chunk = max(MIN_CHUNK, -(-sum(sizes) // CHUNKS_PER_JACOBIAN))
+    return [(v, start, min(chunk, size - start))
+            for v, size in enumerate(sizes) for start in range(0, size, chunk)]
+
+
 def combine_rows(weights, blocks) -> list:
     """`wᵀJ`, block by block: one (P_v,) vector per block."""
     return [ops.matmul(weights[None, :], block)[0] for block in blocks]

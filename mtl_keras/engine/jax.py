@@ -56,20 +56,28 @@ def task_gradient_rows(vjp_fn, num_tasks: int, loss_scale=1.0) -> list:
 
 
 #: Up to this many tasks the loop engine forms `J Jᵀ` from inner products of
-#: the rows; above it, from (K, P_v) stacks. Measured on 2 CPU cores, UPGrad
-#: on a 7.35M-parameter MLP, step ms (inner products / stacks): K = 2:
-#: 41 / 75, K = 8: 158 / 273, K = 16: 484 / 618, K = 32: 1576 / 1232.
+#: the rows; above it, from (K, chunk) stacks of their columns. Measured on
+#: 2 CPU cores, UPGrad on a 7.35M-parameter MLP, step ms (inner products /
+#: column-chunk stacks): K = 16: 396 / 315, K = 32: 1576 / 678; XLA's
+#: temporary buffers over plain's (`memory_analysis`), in |J|: inner
+#: products 0.55× at K = 8 and 0.58× at K = 32 (XLA interleaves the K
+#: backward passes layer by layer and frees each layer's K gradients after
+#: their products), column chunks 1.10× at K = 32 (whole-value stacks:
+#: 1.56×, 1119 ms); inner products compile twice as long at K = 32.
 PAIRWISE_MAX_TASKS = 16
 
 
 def gramian_of_rows(rows):
     """`J Jᵀ` from the per-task gradients: one inner product per pair of
-    tasks and value for up to `PAIRWISE_MAX_TASKS` tasks (no stacked copy
-    of J), else one (K, P_v) stack per value and its Gramian."""
+    tasks and value for up to `PAIRWISE_MAX_TASKS` tasks, else one (K,
+    chunk) stack of the rows' columns at a time (`core.column_chunks`);
+    J is never stacked whole."""
     num_tasks = len(rows)
     if num_tasks > PAIRWISE_MAX_TASKS:
-        return sum(core.gramian_of(jnp.reshape(jnp.stack(per_value), (num_tasks, -1)))
-                   for per_value in zip(*rows))
+        flat = [[jnp.reshape(g, (-1,)) for g in row] for row in rows]
+        return sum(
+            core.gramian_of(jnp.stack([row[v][start:start + size] for row in flat]))
+            for v, start, size in core.column_chunks([g.size for g in flat[0]]))
     entries = {}
     for i in range(num_tasks):
         for j in range(i, num_tasks):

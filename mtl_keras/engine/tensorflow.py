@@ -141,12 +141,8 @@ def jacobian_blocks(tape, task_losses, targets, method: str = "loop",
 # stacked copy) and forms the Gramian (and, under several replicas, `wᵀJ`)
 # from them in column chunks: one (K, chunk) stack at a time, each chunk's
 # stack ordered after the previous chunk's product (control dependencies),
-# so that TensorFlow's executor never holds more than one or two of them.
-
-#: J is stacked in about this many column chunks (one at a time).
-CHUNKS_PER_JACOBIAN = 32
-#: The smallest chunk, per task (elements): fewer, larger ops below it.
-MIN_CHUNK = 2**14
+# so that TensorFlow's executor never holds more than one or two of them
+# (`core.column_chunks`).
 
 
 def task_gradient_rows(tape, task_losses, targets, loss_scale=1.0) -> list:
@@ -163,13 +159,8 @@ def task_gradient_rows(tape, task_losses, targets, loss_scale=1.0) -> list:
 
 
 def _column_chunks(rows) -> list:
-    """`[(v, start, size)]`: J's columns in chunks of at most
-    size(J) / `CHUNKS_PER_JACOBIAN` (and at least `MIN_CHUNK`) per task,
-    never across two targets."""
-    sizes = [int(g.shape[0]) for g in rows[0]]
-    chunk = max(MIN_CHUNK, -(-sum(sizes) // CHUNKS_PER_JACOBIAN))
-    return [(v, start, min(chunk, size - start))
-            for v, size in enumerate(sizes) for start in range(0, size, chunk)]
+    """`core.column_chunks` of the flat per-task rows."""
+    return core.column_chunks([int(g.shape[0]) for g in rows[0]])
 
 
 def _stacked_chunk(rows, v, start, size, whole):

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from keras import ops
 
 import mtl_keras
@@ -249,3 +251,43 @@ def test_gradients_finite_reads_every_element():
     sparse = tf.IndexedSlices(tf.constant([[1.0, np.nan]]), tf.constant([0]),
                               tf.constant([3, 2]))
     assert not bool(core.gradients_finite([sparse]))
+
+
+def test_column_chunks_by_hand(monkeypatch):
+    from mtl_keras.engine import core
+
+    monkeypatch.setattr(core, "MIN_CHUNK", 4)
+    monkeypatch.setattr(core, "CHUNKS_PER_JACOBIAN", 3)
+    # 13 columns in about 3 chunks: chunks of ceil(13 / 3) = 5, per value.
+    assert core.column_chunks([10, 3]) == [(0, 0, 5), (0, 5, 5), (1, 0, 3)]
+    # The floor: never chunks below MIN_CHUNK columns.
+    assert core.column_chunks([6]) == [(0, 0, 4), (0, 4, 2)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 200_000), min_size=1, max_size=6))
+def test_column_chunks_cover_every_column_once(sizes):
+    from mtl_keras.engine import core
+
+    chunks = core.column_chunks(sizes)
+    largest = max(core.MIN_CHUNK, -(-sum(sizes) // core.CHUNKS_PER_JACOBIAN))
+    for v, size in enumerate(sizes):
+        mine = [(start, n) for w, start, n in chunks if w == v]
+        assert [start for start, _ in mine] == list(range(0, size, largest))
+        assert sum(n for _, n in mine) == size
+        assert all(0 < n <= largest for _, n in mine)
+
+
+def test_task_rows_gramian_and_update_in_chunks_match_numpy():
+    # A value of 40 000 columns (over MIN_CHUNK) is split in chunks.
+    rng = np.random.default_rng(0)
+    rows = [[rng.normal(size=40_000), rng.normal(size=7)] for _ in range(3)]
+    jacobian = np.stack([np.concatenate(row) for row in rows])
+    weights = np.array([0.5, -1.0, 2.0])
+    as_tensors = [[tf.constant(g, "float32") for g in row] for row in rows]
+    gramian = tf_engine.gramian_of_rows(as_tensors).numpy()
+    update = tf_engine.combine_task_rows(tf.constant(weights, "float32"), as_tensors)
+    want = jacobian @ jacobian.T  # float32 sums of 40 000 terms: scale-relative
+    np.testing.assert_allclose(gramian, want, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(np.concatenate([u.numpy() for u in update]),
+                               weights @ jacobian, rtol=1e-4, atol=1e-4)

@@ -107,30 +107,33 @@ def check_jacobian_methods_agree():
 
 def check_gramian_of_rows():
     """The loop engine's `J Jᵀ` from per-task rows, by inner products (few
-    tasks) and by column-chunk stacks (many), against NumPy: the largest
-    relative gap."""
+    tasks) and by stacks of whole values or of column chunks (many),
+    against NumPy: the largest relative gap."""
     from mtl_keras.engine import jax as jax_engine
 
     rng = np.random.default_rng(0)
     gaps = []
-    for num_tasks in (3, jax_engine.PAIRWISE_MAX_TASKS + 4):
-        # A value over `core.MIN_CHUNK` elements: split in column chunks.
+    many = jax_engine.PAIRWISE_MAX_TASKS + 4
+    # Inner products; whole-value stacks; column chunks (the (200, 100)
+    # value, over `core.MIN_CHUNK` elements, is split).
+    for num_tasks, whole_max in ((3, 2**26), (many, 2**26), (many, 0)):
         rows = [[rng.normal(size=(5, 4)), rng.normal(size=(200, 100)),
                  rng.normal(size=(7,))] for _ in range(num_tasks)]
         jacobian = np.stack([np.concatenate([g.ravel() for g in row]) for row in rows])
         got = jax_engine.gramian_of_rows(
-            [[ops.convert_to_tensor(g, "float32") for g in row] for row in rows])
+            [[ops.convert_to_tensor(g, "float32") for g in row] for row in rows],
+            whole_max)
         want = jacobian @ jacobian.T
         gap = np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want))
         gaps.append(float(gap))
     return max(gaps)
 
 
-def check_loop_engine_memory(width=512):
+def check_loop_engine_memory(width=1024):
     """`{K: ratio}`: the temporary buffers XLA plans for UPGrad's loop-engine
     train step beyond a plain `keras.Model`'s, over |J| = K×P×4 bytes, on a
     two-layer MLP trunk, with inner products (K = 3) and column-chunk stacks
-    (K above `PAIRWISE_MAX_TASKS`) forming the Gramian."""
+    (K above `PAIRWISE_MAX_TASKS`, J of 168 MB) forming the Gramian."""
     from mtl_keras.engine import jax as jax_engine
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(

@@ -56,28 +56,42 @@ def task_gradient_rows(vjp_fn, num_tasks: int, loss_scale=1.0) -> list:
 
 
 #: Up to this many tasks the loop engine forms `J Jᵀ` from inner products of
-#: the rows; above it, from (K, chunk) stacks of their columns. Measured on
-#: 2 CPU cores, UPGrad on a 7.35M-parameter MLP, step ms (inner products /
-#: column-chunk stacks): K = 16: 396 / 315, K = 32: 1576 / 678; XLA's
-#: temporary buffers over plain's (`memory_analysis`), in |J|: inner
-#: products 0.55× at K = 8 and 0.58× at K = 32 (XLA interleaves the K
+#: the rows; above it, from stacks: of whole values while J holds at most
+#: `WHOLE_STACKS_MAX_BYTES` (rep mode's J), else of column chunks. Measured
+#: on 2 CPU cores, UPGrad on a 7.35M-parameter MLP, step ms (inner products
+#: / column chunks): K = 16: 396 / 315, K = 32: 1576 / 678 (whole values:
+#: 1119); XLA's temporary buffers over plain's (`memory_analysis`), in |J|:
+#: inner products 0.55× at K = 8 and 0.58× at K = 32 (XLA interleaves the K
 #: backward passes layer by layer and frees each layer's K gradients after
-#: their products), column chunks 1.10× at K = 32 (whole-value stacks:
-#: 1.56×, 1119 ms); inner products compile twice as long at K = 32.
+#: their products), column chunks 1.10× at K = 32 (whole values 1.56×);
+#: inner products compile twice as long at K = 32. MGDA-UB in rep mode at
+#: K = 32 (J of 8 MB): whole values compile in 5.3 s and step in 17 ms,
+#: column chunks take 9.5 s and 43 ms.
 PAIRWISE_MAX_TASKS = 16
+WHOLE_STACKS_MAX_BYTES = 2**26
 
 
-def gramian_of_rows(rows):
+def gramian_of_rows(rows, whole_stacks_max_bytes: int = WHOLE_STACKS_MAX_BYTES):
     """`J Jᵀ` from the per-task gradients: one inner product per pair of
-    tasks and value for up to `PAIRWISE_MAX_TASKS` tasks, else one (K,
-    chunk) stack of the rows' columns at a time (`core.column_chunks`);
-    J is never stacked whole."""
+    tasks and value for up to `PAIRWISE_MAX_TASKS` tasks; above, one (K,
+    P_v) stack per value for a J of at most `whole_stacks_max_bytes`, else
+    one (K, chunk) stack of the rows' columns at a time
+    (`core.column_chunks`)."""
     num_tasks = len(rows)
-    if num_tasks > PAIRWISE_MAX_TASKS:
-        flat = [[jnp.reshape(g, (-1,)) for g in row] for row in rows]
-        return sum(
-            core.gramian_of(jnp.stack([row[v][start:start + size] for row in flat]))
-            for v, start, size in core.column_chunks([g.size for g in flat[0]]))
+    if num_tasks <= PAIRWISE_MAX_TASKS:
+        return _gramian_of_pairs(rows)
+    sizes = [g.size for g in rows[0]]
+    if num_tasks * sum(sizes) * 4 <= whole_stacks_max_bytes:
+        return sum(core.gramian_of(jnp.reshape(jnp.stack(per_value), (num_tasks, -1)))
+                   for per_value in zip(*rows))
+    flat = [[jnp.reshape(g, (-1,)) for g in row] for row in rows]
+    return sum(
+        core.gramian_of(jnp.stack([row[v][start:start + size] for row in flat]))
+        for v, start, size in core.column_chunks(sizes))
+
+
+def _gramian_of_pairs(rows):
+    num_tasks = len(rows)
     entries = {}
     for i in range(num_tasks):
         for j in range(i, num_tasks):

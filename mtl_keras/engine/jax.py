@@ -113,8 +113,21 @@ def _shared_step(vjp_fn, task_losses, runner, loss_scale,
     amortised = isinstance(runner, amortise.UpdateEvery)
     balancer = runner.balancer if amortised else runner
     if jacobian == "loop" and isinstance(balancer, GramianBalancer):
-        return _shared_step_from_rows(vjp_fn, task_losses, runner, balancer,
-                                      amortised, loss_scale, scale)
+        refresh = _refresh_from_rows(vjp_fn, task_losses, balancer, loss_scale,
+                                     scale)
+    else:
+        refresh = _refresh_from_blocks(vjp_fn, task_losses, balancer,
+                                       loss_scale, scale, jacobian)
+    if not amortised:
+        return core.every_step(balancer, refresh)
+    return runner.step(refresh, lambda weights: _reused_update(
+        vjp_fn, weights, task_losses, loss_scale, scale))
+
+
+def _refresh_from_blocks(vjp_fn, task_losses, balancer, loss_scale, scale,
+                         jacobian):
+    """`refresh(state) -> (SharedStep, new_state)` from J as (K, P_v)
+    blocks (any balancer, `jacobian` `"loop"` or `"pfor"`)."""
 
     def refresh(state):
         blocks = jacobian_blocks(vjp_fn, task_losses.shape[0], scale, jacobian)
@@ -127,10 +140,22 @@ def _shared_step(vjp_fn, task_losses, runner, loss_scale,
         return core.SharedStep(update, weights, gramian, finite_tasks,
                                usable), new_state
 
-    if not amortised:
-        return core.every_step(balancer, refresh)
-    return runner.step(refresh, lambda weights: _reused_update(
-        vjp_fn, weights, task_losses, loss_scale, scale))
+    return refresh
+
+
+def _refresh_from_rows(vjp_fn, task_losses, balancer, loss_scale, scale):
+    """`refresh(state) -> (SharedStep, new_state)` for a `GramianBalancer`
+    on the loop engine: the K per-task gradients, their Gramian, the
+    weights; the update is left to the caller's pull-back of the weights,
+    after which nothing reads the rows (XLA frees them: J is held once)."""
+
+    def refresh(state):
+        rows = task_gradient_rows(vjp_fn, task_losses.shape[0], scale)
+        return core.weights_from_gramian(
+            balancer, state, task_losses, ops.stop_gradient(task_losses),
+            gramian_of_rows(rows), loss_scale is not None, scale)
+
+    return refresh
 
 
 def _reused_update(vjp_fn, weights, task_losses, loss_scale, scale):
@@ -141,25 +166,6 @@ def _reused_update(vjp_fn, weights, task_losses, loss_scale, scale):
     update = [jnp.reshape(g.astype("float32"), (-1,)) for g in grads]
     grads_finite = True if loss_scale is not None else core.gradients_finite(update)
     return update, core.finite_task_flags(task_losses, grads_finite)
-
-
-def _shared_step_from_rows(vjp_fn, task_losses, runner, balancer, amortised,
-                           loss_scale, scale) -> core.SharedStep:
-    """`_shared_step` for a `GramianBalancer` on the loop engine: the K
-    per-task gradients, their Gramian, the weights; the update is left to
-    the caller's pull-back of the weights, after which nothing reads the
-    rows (XLA frees them: J is held once)."""
-
-    def refresh(state):
-        rows = task_gradient_rows(vjp_fn, task_losses.shape[0], scale)
-        return core.weights_from_gramian(
-            balancer, state, task_losses, ops.stop_gradient(task_losses),
-            gramian_of_rows(rows), loss_scale is not None, scale)
-
-    if not amortised:
-        return core.every_step(balancer, refresh)
-    return runner.step(refresh, lambda weights: _reused_update(
-        vjp_fn, weights, task_losses, loss_scale, scale))
 
 
 def _with_update(step: core.SharedStep, pulled) -> core.SharedStep:

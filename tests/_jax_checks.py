@@ -142,24 +142,17 @@ def check_loop_engine_memory(width=1024):
 
     ratios = {}
     for num_tasks in (3, jax_engine.PAIRWISE_MAX_TASKS + 4):
-        tasks = [f"t{k}" for k in range(num_tasks)]
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(32, width)).astype("float32")
-        y = {t: rng.normal(size=(32, 1)).astype("float32") for t in tasks}
         temporaries = {}
         for method in ("plain", "upgrad"):
             keras.utils.set_random_seed(0)
             inputs = keras.Input((width,))
             hidden = keras.layers.Dense(width, activation="relu")(inputs)
             hidden = keras.layers.Dense(width, activation="relu")(hidden)
-            outputs = {t: keras.layers.Dense(1, name=t)(hidden) for t in tasks}
-            if method == "plain":
-                model = keras.Model(inputs, outputs)
-                model.compile("sgd", loss={t: "mse" for t in tasks},
-                              loss_weights={t: 1.0 for t in tasks})
-            else:
-                model = mtl_keras.MultiTaskModel(inputs, outputs, shared=hidden)
-                model.compile("sgd", loss="mse", balancer=method)
+            model = engine_cost.many_tasks.with_heads(method, inputs, hidden,
+                                                      num_tasks)
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(32, width)).astype("float32")
+            y = {t: rng.normal(size=(32, 1)).astype("float32") for t in model.output}
             model.fit(x, y, batch_size=32, verbose=0)
             temporaries[method] = engine_cost.step_temporaries(model, (x, y))
         jacobian_bytes = num_tasks * (2 * width * width + 2 * width) * 4
